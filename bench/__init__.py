@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of ftpd against vsftpd, ProFTPD and Pure-FTPd (see bench/README.md)."""

@@ -1,0 +1,84 @@
+"""The FTP daemon as the supervisor sees it: loading a plan, binding, workers.
+
+This is the glue between the FTP-agnostic supervisor and the FTP parts
+(configuration, users, passive ports, the pyftpdlib worker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from . import config as config_mod
+from . import users as users_mod
+from . import worker as worker_mod
+from .passive import worker_slice
+from .privileges import Account, StartupError, bind_all, dropper, worker_account
+from .settings import Endpoint
+from .supervisor import Plan
+from .users import User
+
+log = logging.getLogger("ftpd.app")
+
+
+@dataclass(frozen=True)
+class Payload:
+    config: config_mod.Config
+    users: dict[str, User]
+    masquerade_ip: str | None
+    account: Account | None
+
+
+def resolve_masquerade(config: config_mod.Config) -> str | None:
+    """The IPv4 address for 227 replies, resolving a DNS name once at start."""
+    host = config.passive.address
+    if not host:
+        return None
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise StartupError(f"{config.origin('passive.address')}: passive.address: cannot "
+                           f"resolve {host!r} to an IPv4 address: {err.strerror}") from None
+    return str(infos[0][4][0])
+
+
+class FtpApp:
+    """Implements supervisor.App for ftpd."""
+
+    def __init__(self, config_path: str) -> None:
+        self.config_path = config_path
+
+    def load(self) -> Plan:
+        config = config_mod.load(self.config_path)
+        try:
+            users = users_mod.load(config.users.file)
+        except users_mod.UsersError as err:
+            raise StartupError(
+                f"{config.origin('users.file')}: users.file: the users file has problems:\n"
+                + str(err)) from None
+        for warning in config_mod.warnings(config):
+            log.warning("%s", warning)
+        payload = Payload(config, users, resolve_masquerade(config),
+                          worker_account(config.server.user, config.server.group,
+                                         config.origin("server.user")))
+        return Plan(workers=config.server.workers, endpoints=config.server.listen,
+                    shutdown_timeout=config.server.shutdown_timeout,
+                    worker_timeout=config.server.worker_timeout, payload=payload)
+
+    def bind(self, plan: Plan, endpoints: list[Endpoint]) -> dict[Endpoint, socket.socket]:
+        return bind_all(endpoints, plan.payload.config.origin("server.listen"))
+
+    def run_worker(self, plan: Plan, index: int, generation: int,
+                   listeners: list[socket.socket], report: socket.socket) -> int:
+        payload: Payload = plan.payload
+        spec = worker_mod.WorkerSpec(
+            index=index, generation=generation, config=payload.config, listeners=listeners,
+            users=payload.users,
+            passive_ports=worker_slice(payload.config.passive.ports, plan.workers, index),
+            masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid())
+        return worker_mod.run(spec, dropper(payload.account))
+
+    def reopen_logs(self) -> None:
+        """Log files arrive with the xferlog/JSON logs; stderr needs nothing."""

@@ -1,0 +1,150 @@
+"""Password hashing and the virtual-user authorizer handed to pyftpdlib.
+
+Passwords are stored as scrypt hashes (hashlib, memory-hard). Verification
+is slow on purpose, so the handler runs it in a thread (`offload`) and never
+on the event loop; hashlib releases the GIL while it computes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import re
+import threading
+
+from pyftpdlib.authorizers import AuthenticationFailed
+
+from . import users as users_mod
+from .users import User
+
+log = logging.getLogger("ftpd.auth")
+
+# scrypt N=2^15, r=8, p=1: ~32 MiB and tens of milliseconds per guess, far
+# costlier for an attacker than SHA-512 crypt's 5000 rounds.
+DEFAULT_LOG_N = 15
+_HASH = re.compile(
+    r"\$scrypt\$ln=(?P<ln>\d+),r=(?P<r>\d+),p=(?P<p>\d+)\$(?P<salt>[A-Za-z0-9+/=]+)"
+    r"\$(?P<hash>[A-Za-z0-9+/=]+)")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _scrypt(password: str, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    n = 1 << log_n
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                          maxmem=256 * n * r + (1 << 20), dklen=32)
+
+
+def hash_password(password: str, log_n: int = DEFAULT_LOG_N) -> str:
+    """A new salted scrypt hash string for `password`."""
+    salt = os.urandom(16)
+    digest = _scrypt(password, salt, log_n, 8, 1)
+    return f"$scrypt$ln={log_n},r=8,p=1${_b64(salt)}${_b64(digest)}"
+
+
+def hash_problem(stored: str) -> str | None:
+    """Why `stored` is not a usable hash, or None."""
+    m = _HASH.fullmatch(stored)
+    if not m:
+        return "not a password hash ($scrypt$...)"
+    if not 10 <= int(m["ln"]) <= 20 or not 1 <= int(m["r"]) <= 32 or not 1 <= int(m["p"]) <= 16:
+        return "scrypt parameters out of range (ln 10-20, r 1-32, p 1-16)"
+    return None
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of `password` against a stored hash."""
+    m = _HASH.fullmatch(stored)
+    if not m:
+        return False
+    digest = _scrypt(password, base64.b64decode(m["salt"]), int(m["ln"]), int(m["r"]), int(m["p"]))
+    return hmac.compare_digest(digest, base64.b64decode(m["hash"]))
+
+
+# A password that never matches, so unknown users cost the same time as known
+# ones and their existence is not revealed by timing.
+_DUMMY_HASH = ("$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA=="
+               "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+
+
+class VirtualAuthorizer:
+    """pyftpdlib authorizer over the users file.
+
+    The file is re-read when its mtime changes, so `ftpd passwd` takes effect
+    for the next login without a reload. If it becomes unreadable or invalid,
+    the last good table stays in use and the problem is logged once.
+    """
+
+    def __init__(self, path: str, table: dict[str, User]) -> None:
+        self.path = path
+        self._users = table
+        self._stamp = self._stat()
+        self._lock = threading.Lock()  # verify() runs in threads
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh(self) -> None:
+        stamp = self._stat()
+        if stamp == self._stamp or stamp is None:
+            return
+        with self._lock:
+            self._stamp = stamp
+            try:
+                self._users = users_mod.load(self.path)
+                log.info("users file %s reloaded: %d users", self.path, len(self._users))
+            except users_mod.UsersError as err:
+                log.error("users file %s not reloaded, keeping the previous users: %s",
+                          self.path, err)
+
+    def user(self, name: str) -> User | None:
+        return self._users.get(name)
+
+    def verify(self, name: str, password: str) -> bool:
+        """Slow: call off the event loop."""
+        self.refresh()
+        user = self._users.get(name)
+        ok = verify_password(password, user.password if user else _DUMMY_HASH)
+        return ok and user is not None
+
+    # --- the interface pyftpdlib's FTPHandler calls
+
+    def validate_authentication(self, username: str, password: str, handler: object) -> None:
+        if not self.verify(username, password):
+            raise AuthenticationFailed("Authentication failed.")
+
+    def has_user(self, username: str) -> bool:
+        return username in self._users
+
+    def get_home_dir(self, username: str) -> str:
+        return self._users[username].root
+
+    def get_msg_login(self, username: str) -> str:
+        return "Login successful."
+
+    def get_msg_quit(self, username: str) -> str:
+        return "Goodbye."
+
+    def get_perms(self, username: str) -> str:
+        user = self._users.get(username)
+        return user.permissions if user else ""
+
+    def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        return perm in self.get_perms(username)
+
+    def impersonate_user(self, username: str, password: str) -> None:
+        pass
+
+    def terminate_impersonation(self, username: str) -> None:
+        pass
+
+

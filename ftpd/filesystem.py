@@ -1,0 +1,100 @@
+"""Virtual confinement of a session to its root directory.
+
+pyftpdlib checks `realpath()` and then uses the path, which leaves a window
+for a symlink swapped in between; it skips the check for STOU; LIST shows
+where a symlink points and MLSD stats through it. Here files are opened
+relative to a directory descriptor whose real location is verified after it
+is opened, with O_NOFOLLOW on the last component, so whatever is swapped in,
+nothing outside the root is opened, and nothing about outside targets is shown.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from typing import IO, Any
+
+from pyftpdlib.filesystems import AbstractedFS
+
+_OPEN_FLAGS = {
+    "r": os.O_RDONLY,
+    "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "r+": os.O_RDWR,
+    "x": os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+}
+
+
+def _outside(path: str) -> OSError:
+    return PermissionError(errno.EACCES, "Path is outside the user's root directory", path)
+
+
+class ConfinedFS(AbstractedFS):
+    """AbstractedFS that cannot be led outside `root` by `..` or symlinks."""
+
+    def __init__(self, root: str, cmd_channel: Any) -> None:
+        super().__init__(root, cmd_channel)
+        self._real_root = os.path.realpath(root)
+
+    def _inside(self, real: str) -> bool:
+        root = self._real_root
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+    def validpath(self, path: str) -> bool:
+        return self._inside(os.path.realpath(path))
+
+    def _open_dir(self, directory: str) -> int:
+        """A descriptor of `directory`, verified to be inside the root once opened."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            os.close(fd)
+            raise
+        if not self._inside(real):
+            os.close(fd)
+            raise _outside(directory)
+        return fd
+
+    def _open_beneath(self, path: str, flags: int, mode: int = 0o666) -> int:
+        # Resolve symlinks once (they may legitimately point inside the root),
+        # then open the resolved name with no further symlink following.
+        real = os.path.realpath(path)
+        if not self._inside(real):
+            raise _outside(path)
+        directory, name = os.path.split(real)
+        dir_fd = self._open_dir(directory)
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def open(self, filename: str, mode: str) -> IO[Any]:
+        flags = _OPEN_FLAGS[mode.replace("b", "")]
+        return open(filename, mode, opener=lambda p, _f: self._open_beneath(p, flags))
+
+    def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None,
+                mode: str = "wb") -> IO[Any]:
+        directory = dir or self.ftp2fs(self.cwd)
+        for _ in range(100):
+            name = os.path.join(directory, f"{prefix}{secrets.token_hex(4)}{suffix}")
+            try:
+                return open(name, mode,
+                            opener=lambda p, _f: self._open_beneath(p, _OPEN_FLAGS["x"]))
+            except FileExistsError:
+                continue
+        raise FileExistsError(errno.EEXIST, "No usable unique file name found", directory)
+
+    def readlink(self, path: str) -> str:
+        """A link's target as a path in the user's tree; outside targets stay hidden."""
+        real = os.path.realpath(path)
+        if not self._inside(real):
+            raise _outside(path)
+        return self.fs2ftp(real)
+
+    def stat(self, path: str) -> os.stat_result:
+        """stat() through links inside the root; the link itself for outside targets."""
+        if not self._inside(os.path.realpath(path)):
+            return os.lstat(path)
+        return os.stat(path)

@@ -1,0 +1,75 @@
+"""Log set-up and structured events.
+
+Every event (connect, login, upload, ...) is one log record carrying a name
+and fields. On stderr it is a human sentence followed by logfmt fields, one
+line, with client-supplied text quoted so it cannot forge lines::
+
+    INFO login failed for 'bob' event=login_failed session=1f2e3d4c user=bob \
+remote_addr=10.0.0.9 remote_port=40022
+
+The line for failed logins is a stable interface (fail2ban matches it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+events = logging.getLogger("ftpd.events")
+
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+\-\[\]]+")
+
+
+def quote(value: Any) -> str:
+    """A logfmt value: bare when safe, JSON-quoted otherwise (escapes controls)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text)
+
+
+def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log one event; fields whose value is None are left out."""
+    clean = {k: v for k, v in fields.items() if v is not None}
+    events.log(level, message, extra={"ftp_event": name, "ftp_fields": clean})
+
+
+class LogfmtFormatter(logging.Formatter):
+    """`TIME ftpd[PID] LEVEL message key=value...` (no time under journald)."""
+
+    def __init__(self, with_time: bool = True) -> None:
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        head = f"ftpd[{record.process}] {record.levelname} {record.getMessage()}"
+        if self.with_time:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            head = f"{stamp}Z {head}"
+        name = getattr(record, "ftp_event", None)
+        if name:
+            fields: dict[str, Any] = getattr(record, "ftp_fields", {})
+            head += " event=" + name + "".join(f" {k}={quote(v)}" for k, v in fields.items())
+        if record.exc_info:
+            head += "\n" + self.formatException(record.exc_info)
+        return head
+
+
+def setup(level: str, stream: TextIO | None = None) -> None:
+    """Send ftpd's and pyftpdlib's records to stderr at `level`.
+
+    Called before any IOLoop runs, so pyftpdlib does not install its own handler.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(LogfmtFormatter(with_time="JOURNAL_STREAM" not in os.environ))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # pyftpdlib's own session chatter duplicates our events; keep its warnings.
+    logging.getLogger("pyftpdlib").setLevel(
+        logging.DEBUG if level == "debug" else logging.WARNING)

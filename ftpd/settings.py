@@ -1,0 +1,249 @@
+"""The one declared table of settings.
+
+Every setting is declared here once: its section, name, type, default, the
+one-line doc and whether SIGHUP can change it. The parser (`config`), `ftpd
+check`, the commented `etc/ftpd/ftpd.toml` and the README's settings reference
+are all derived from this table, so a new setting is added in exactly one
+place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Invalid(ValueError):
+    """A value that does not fit its setting; the text says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A setting's type: how to parse a TOML value and what is allowed."""
+
+    allowed: str
+    parse: Callable[[Any], Any]
+
+
+def _expect(value: Any, types: type | tuple[type, ...], allowed: str) -> None:
+    # bool is an int in Python; TOML keeps them apart, so do we.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise Invalid(f"got {value!r}, expected {allowed}")
+    if not isinstance(value, types):
+        raise Invalid(f"got {type(value).__name__} {value!r}, expected {allowed}")
+
+
+def integer(minimum: int = 0, maximum: int | None = None) -> Kind:
+    top = "" if maximum is None else f" and <= {maximum}"
+    allowed = f"an integer >= {minimum}{top}"
+
+    def parse(value: Any) -> int:
+        _expect(value, int, allowed)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise Invalid(f"{value} is out of range, expected {allowed}")
+        return int(value)
+
+    return Kind(allowed, parse)
+
+
+def number(minimum: float = 0.0) -> Kind:
+    allowed = f"a number of seconds >= {minimum:g}"
+
+    def parse(value: Any) -> float:
+        _expect(value, (int, float), allowed)
+        if value < minimum:
+            raise Invalid(f"{value} is out of range, expected {allowed}")
+        return float(value)
+
+    return Kind(allowed, parse)
+
+
+def text(max_length: int = 4096, pattern: str | None = None, allowed: str = "") -> Kind:
+    allowed = allowed or "a string"
+
+    def parse(value: Any) -> str:
+        _expect(value, str, allowed)
+        if len(value) > max_length:
+            raise Invalid(f"longer than {max_length} characters")
+        if "\n" in value or "\r" in value:
+            raise Invalid("must be a single line")
+        if pattern and value and not re.fullmatch(pattern, value):
+            raise Invalid(f"{value!r} is not {allowed}")
+        return value
+
+    return Kind(allowed, parse)
+
+
+def choice(*options: str) -> Kind:
+    allowed = "one of " + ", ".join(f'"{o}"' for o in options)
+
+    def parse(value: Any) -> str:
+        _expect(value, str, allowed)
+        if value.lower() not in options:
+            raise Invalid(f"{value!r} is not {allowed}")
+        return value.lower()
+
+    return Kind(allowed, parse)
+
+
+def workers_kind() -> Kind:
+    allowed = 'a number of processes from 1 to 256, or "auto" (one per CPU)'
+
+    def parse(value: Any) -> int:
+        if value == "auto":
+            return os.cpu_count() or 1
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+            raise Invalid(f"got {value!r}, expected {allowed}")
+        return value
+
+    return Kind(allowed, parse)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A listening address: host ('' never; '0.0.0.0' or '::' for all) and port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_endpoint(value: str) -> Endpoint:
+    """Parse "host:port" or "[v6]:port"; the host must be an IP literal."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([0-9.]+):(\d{1,5})", value)
+    if not match:
+        raise Invalid(f'{value!r} is not "IPv4:port" or "[IPv6]:port"')
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise Invalid(f"{host!r} in {value!r} is not an IP address") from None
+    if not 1 <= port <= 65535:
+        raise Invalid(f"port {port} in {value!r} is not between 1 and 65535")
+    return Endpoint(host, port)
+
+
+def listen_kind() -> Kind:
+    allowed = 'a non-empty list of "IPv4:port" or "[IPv6]:port" strings, e.g. ["0.0.0.0:21"]'
+
+    def parse(value: Any) -> tuple[Endpoint, ...]:
+        _expect(value, list, allowed)
+        if not value:
+            raise Invalid(f"the list is empty, expected {allowed}")
+        endpoints = []
+        for item in value:
+            _expect(item, str, allowed)
+            endpoints.append(parse_endpoint(item))
+        if len(set(endpoints)) != len(endpoints):
+            raise Invalid("the same address is listed twice")
+        return tuple(endpoints)
+
+    return Kind(allowed, parse)
+
+
+def port_range_kind() -> Kind:
+    allowed = 'a range "FIRST-LAST" of ports between 1024 and 65535, e.g. "50000-50999"'
+
+    def parse(value: Any) -> range:
+        _expect(value, str, allowed)
+        match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value)
+        if not match:
+            raise Invalid(f"{value!r} is not {allowed}")
+        first, last = int(match.group(1)), int(match.group(2))
+        if first > last:
+            raise Invalid(f"{value!r} is reversed (first port above last), expected {allowed}")
+        if first < 1024 or last > 65535:
+            raise Invalid(f"{value!r} is outside 1024-65535, expected {allowed}")
+        return range(first, last + 1)
+
+    return Kind(allowed, parse)
+
+
+def host_kind() -> Kind:
+    allowed = 'an IP address or a DNS name, or "" for none'
+
+    def parse(value: Any) -> str:
+        _expect(value, str, allowed)
+        value = value.strip()
+        if value and not re.fullmatch(r"[0-9A-Za-z.:\-]{1,253}", value):
+            raise Invalid(f"{value!r} is not {allowed}")
+        return value
+
+    return Kind(allowed, parse)
+
+
+def path_kind(optional: bool = False) -> Kind:
+    allowed = "an absolute path" + (' or "" for none' if optional else "")
+
+    def parse(value: Any) -> str:
+        _expect(value, str, allowed)
+        if not value and optional:
+            return ""
+        if not os.path.isabs(value) or "\0" in value:
+            raise Invalid(f"{value!r} is not {allowed}")
+        return os.path.normpath(value)
+
+    return Kind(allowed, parse)
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    name: str
+    kind: Kind
+    default: Any
+    doc: str
+    reloadable: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+SECTIONS: dict[str, str] = {
+    "server": "Control connections, worker processes and limits.",
+    "passive": "Passive mode (PASV/EPSV): the ports clients connect to for data.",
+    "users": "Who may log in.",
+    "log": "Logging. Events go to stderr, which systemd sends to the journal.",
+}
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server", "listen", listen_kind(), ["0.0.0.0:21"],
+            'Addresses for control connections; IPv6 as "[::]:21".'),
+    Setting("server", "workers", workers_kind(), "auto",
+            'Worker processes serving sessions; "auto" is one per CPU.'),
+    Setting("server", "banner", text(200), "ftpd ready.",
+            "Text of the 220 greeting (do not put the version here)."),
+    Setting("server", "max_sessions", integer(1, 100000), 512,
+            "Most concurrent sessions; more are refused with 421."),
+    Setting("server", "max_sessions_per_ip", integer(0, 100000), 16,
+            "Most concurrent sessions from one client address (0 = no limit)."),
+    Setting("server", "idle_timeout", integer(0, 86400), 300,
+            "Seconds a session may sit without a command before it is closed (0 = never)."),
+    Setting("server", "shutdown_timeout", integer(0, 3600), 30,
+            "Seconds stop and reload wait for sessions and transfers to finish."),
+    Setting("server", "worker_timeout", integer(2, 3600), 30,
+            "Seconds a worker may go without event-loop progress before it is replaced."),
+    Setting("server", "user", text(64, r"[a-z_][a-z0-9_.-]*\$?", "a user name"), "ftpd",
+            "Account the workers run as when started as root (root means no drop).",
+            reloadable=False),
+    Setting("server", "group", text(64, r"[a-z_][a-z0-9_.-]*\$?", "a group name"), "ftpd",
+            "Group the workers run as when started as root.", reloadable=False),
+    Setting("passive", "ports", port_range_kind(), "50000-50999",
+            "Ports for passive data connections; open exactly these in the firewall."),
+    Setting("passive", "address", host_kind(), "",
+            "Public address put in 227 replies when behind NAT (IP or DNS name)."),
+    Setting("users", "file", path_kind(), "/etc/ftpd/users.toml",
+            "Virtual users file, written by `ftpd passwd`."),
+    Setting("log", "level", choice("debug", "info", "warning", "error"), "info",
+            "Least severe messages logged."),
+)
+
+BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
