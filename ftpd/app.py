@@ -12,8 +12,11 @@ import socket
 from dataclasses import dataclass
 
 from . import config as config_mod
+from . import logging as ftpd_logging
+from . import tls as tls_mod
 from . import users as users_mod
 from . import worker as worker_mod
+from .activation import adopt_listen_fds
 from .passive import worker_slice
 from .privileges import Account, StartupError, bind_all, dropper, worker_account
 from .settings import Endpoint
@@ -29,6 +32,7 @@ class Payload:
     users: dict[str, User]
     masquerade_ip: str | None
     account: Account | None
+    tls: tls_mod.TlsSetup | None = None  # parsed as root; workers build contexts from it
 
 
 def resolve_masquerade(config: config_mod.Config) -> str | None:
@@ -49,6 +53,8 @@ class FtpApp:
 
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
+        # Sockets from systemd socket activation replace [server] listen.
+        self.activated = adopt_listen_fds()
 
     def load(self) -> Plan:
         config = config_mod.load(self.config_path)
@@ -58,17 +64,30 @@ class FtpApp:
             raise StartupError(
                 f"{config.origin('users.file')}: users.file: the users file has problems:\n"
                 + str(err)) from None
-        for warning in config_mod.warnings(config):
-            log.warning("%s", warning)
+        # A certificate that cannot be used fails the load: a reload keeps the old one.
+        tls_setup, tls_warnings = tls_mod.load(config)
         payload = Payload(config, users, resolve_masquerade(config),
                           worker_account(config.server.user, config.server.group,
-                                         config.origin("server.user")))
-        return Plan(workers=config.server.workers, endpoints=config.server.listen,
+                                         config.origin("server.user")), tls_setup)
+        self._setup_logging(config)
+        for warning in [*config_mod.warnings(config), *tls_warnings]:
+            log.warning("%s", warning)
+        endpoints = tuple(self.activated) or config.server.listen
+        endpoints += tuple(e for e in config.tls.implicit_listen if e not in endpoints)
+        return Plan(workers=config.server.workers, endpoints=endpoints,
                     shutdown_timeout=config.server.shutdown_timeout,
                     worker_timeout=config.server.worker_timeout, payload=payload)
 
     def bind(self, plan: Plan, endpoints: list[Endpoint]) -> dict[Endpoint, socket.socket]:
-        return bind_all(endpoints, plan.payload.config.origin("server.listen"))
+        adopted = {e: self.activated[e] for e in endpoints if e in self.activated}
+        if adopted:
+            log.info("using %d socket(s) from systemd socket activation: %s", len(adopted),
+                     ", ".join(str(e) for e in adopted))
+        rest = [e for e in endpoints if e not in adopted]
+        config = plan.payload.config
+        implicit = {e: (config.origin("tls.implicit_listen"), "tls.implicit_listen")
+                    for e in config.tls.implicit_listen}
+        return adopted | bind_all(rest, config.origin("server.listen"), implicit)
 
     def run_worker(self, plan: Plan, index: int, generation: int,
                    listeners: list[socket.socket], report: socket.socket) -> int:
@@ -77,8 +96,20 @@ class FtpApp:
             index=index, generation=generation, config=payload.config, listeners=listeners,
             users=payload.users,
             passive_ports=worker_slice(payload.config.passive.ports, plan.workers, index),
-            masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid())
+            masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid(),
+            tls=payload.tls)
         return worker_mod.run(spec, dropper(payload.account))
 
+    def _setup_logging(self, config: config_mod.Config) -> None:
+        for key in ("xferlog", "json"):
+            path = getattr(config.log, key)
+            if path:
+                try:
+                    open(path, "a").close()
+                except OSError as err:
+                    raise StartupError(f"{config.origin('log.' + key)}: log.{key}: cannot "
+                                       f"write {path}: {err.strerror}") from None
+        ftpd_logging.setup(config.log.level, config.log.xferlog, config.log.json)
+
     def reopen_logs(self) -> None:
-        """Log files arrive with the xferlog/JSON logs; stderr needs nothing."""
+        ftpd_logging.reopen()

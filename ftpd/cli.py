@@ -29,7 +29,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = FtpApp(_config_path(args))
     try:
         plan = app.load()
-        ftpd_logging.setup(plan.payload.config.log.level)
         listeners = app.bind(plan, list(plan.endpoints))
     except (config_mod.ConfigError, StartupError) as err:
         for line in str(err).splitlines():

@@ -137,6 +137,9 @@ def _cross_check(config: Config) -> list[Problem]:
             f"the range has {len(ports)} ports but there are {config.server.workers} workers; "
             "each worker needs at least one port of its own: widen the range or lower "
             "server.workers"))
+    from .tls import static_problems as tls_problems  # tls imports this module
+
+    problems.extend(tls_problems(config))
     return problems
 
 

@@ -174,7 +174,7 @@ class SessionHandler(FTPHandler):
         state = "completed" if completed else "aborted"
         self._event(name, f"{name} {state}", path=self.fs.fs2ftp(filename) if self.fs else filename,
                     bytes=bytes, duration_ms=int(elapsed * 1000), completed=str(completed).lower(),
-                    command=cmd)
+                    command=cmd, mode="ascii" if self._current_type == "a" else "binary")
 
     def log_cmd(self, cmd: str, arg: str, respcode: int, respstr: str) -> None:
         name = _EVENT_COMMANDS.get(cmd)

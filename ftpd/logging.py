@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from . import logsinks
+
 events = logging.getLogger("ftpd.events")
 
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+\-\[\]]+")
@@ -58,18 +60,42 @@ class LogfmtFormatter(logging.Formatter):
         return head
 
 
-def setup(level: str, stream: TextIO | None = None) -> None:
-    """Send ftpd's and pyftpdlib's records to stderr at `level`.
+def setup(level: str, xferlog: str = "", json_path: str = "",
+          stream: TextIO | None = None) -> None:
+    """Send records to the journal (when stderr is connected to it) or stderr,
+    and events to the xferlog and JSON files when configured.
 
     Called before any IOLoop runs, so pyftpdlib does not install its own handler.
+    Raises OSError when a log file cannot be opened.
     """
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(LogfmtFormatter(with_time="JOURNAL_STREAM" not in os.environ))
+    handlers: list[logging.Handler] = []
+    if stream is None and logsinks.stderr_is_journal():
+        handlers.append(logsinks.JournalHandler())
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(LogfmtFormatter(with_time="JOURNAL_STREAM" not in os.environ))
+        handlers.append(handler)
+    if xferlog:
+        handlers.append(logsinks.XferlogHandler(xferlog))
+    if json_path:
+        handlers.append(logsinks.JsonLinesHandler(json_path))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+        old.close()
+    for handler in handlers:
+        root.addHandler(handler)
     root.setLevel(level.upper())
     # pyftpdlib's own session chatter duplicates our events; keep its warnings.
     logging.getLogger("pyftpdlib").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING)
+
+
+def reopen() -> None:
+    """Reopen log files after rotation (SIGUSR1); errors are logged, not raised."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logsinks.FileSink):
+            try:
+                handler.reopen()
+            except OSError as err:
+                logging.getLogger("ftpd").error("cannot reopen %s: %s", handler.path, err)

@@ -38,7 +38,8 @@ class Account:
     gid: int
 
 
-def bind(endpoint: Endpoint, dual_stack: bool, origin: str) -> socket.socket:
+def bind(endpoint: Endpoint, dual_stack: bool, origin: str,
+         key: str = "server.listen") -> socket.socket:
     """A listening socket on `endpoint`; errors name the setting and the fix."""
     family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -55,12 +56,17 @@ def bind(endpoint: Endpoint, dual_stack: bool, origin: str) -> socket.socket:
             errno.EACCES: "needs root or CAP_NET_BIND_SERVICE (ports below 1024)",
             errno.EADDRNOTAVAIL: "is not an address of this host",
         }.get(err.errno or 0, f"cannot be bound: {err.strerror}")
-        raise BindError(f"{origin}: server.listen: {endpoint} {why}") from None
+        raise BindError(f"{origin}: {key}: {endpoint} {why}") from None
     return sock
 
 
-def bind_all(endpoints: Iterable[Endpoint], origin: str) -> dict[Endpoint, socket.socket]:
-    """Bind every endpoint, or none: on failure the ones bound are closed."""
+def bind_all(endpoints: Iterable[Endpoint], origin: str,
+             labels: dict[Endpoint, tuple[str, str]] | None = None,
+             ) -> dict[Endpoint, socket.socket]:
+    """Bind every endpoint, or none: on failure the ones bound are closed.
+
+    Errors name `origin` and server.listen, or the (origin, key) in `labels`.
+    """
     endpoints = list(endpoints)
     v4_ports = {e.port for e in endpoints if ":" not in e.host}
     bound: dict[Endpoint, socket.socket] = {}
@@ -68,7 +74,8 @@ def bind_all(endpoints: Iterable[Endpoint], origin: str) -> dict[Endpoint, socke
         for endpoint in endpoints:
             # "[::]:21" alone serves IPv4 too; beside "0.0.0.0:21" it must not.
             dual = endpoint.host == "::" and endpoint.port not in v4_ports
-            bound[endpoint] = bind(endpoint, dual, origin)
+            bound[endpoint] = bind(endpoint, dual, *(labels or {}).get(
+                endpoint, (origin, "server.listen")))
     except StartupError:
         for sock in bound.values():
             sock.close()

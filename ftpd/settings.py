@@ -130,12 +130,14 @@ def parse_endpoint(value: str) -> Endpoint:
     return Endpoint(host, port)
 
 
-def listen_kind() -> Kind:
-    allowed = 'a non-empty list of "IPv4:port" or "[IPv6]:port" strings, e.g. ["0.0.0.0:21"]'
+def listen_kind(allow_empty: bool = False) -> Kind:
+    allowed = ('a list of "IPv4:port" or "[IPv6]:port" strings, e.g. ["0.0.0.0:990"], or []'
+               if allow_empty else
+               'a non-empty list of "IPv4:port" or "[IPv6]:port" strings, e.g. ["0.0.0.0:21"]')
 
     def parse(value: Any) -> tuple[Endpoint, ...]:
         _expect(value, list, allowed)
-        if not value:
+        if not value and not allow_empty:
             raise Invalid(f"the list is empty, expected {allowed}")
         endpoints = []
         for item in value:
@@ -211,6 +213,7 @@ SECTIONS: dict[str, str] = {
     "server": "Control connections, worker processes and limits.",
     "passive": "Passive mode (PASV/EPSV): the ports clients connect to for data.",
     "users": "Who may log in.",
+    "tls": "FTPS (FTP over TLS). Without a certificate the server speaks plain FTP only.",
     "log": "Logging. Events go to stderr, which systemd sends to the journal.",
 }
 
@@ -244,6 +247,29 @@ SETTINGS: tuple[Setting, ...] = (
             "Virtual users file, written by `ftpd passwd`."),
     Setting("log", "level", choice("debug", "info", "warning", "error"), "info",
             "Least severe messages logged."),
+    Setting("log", "xferlog", path_kind(optional=True), "",
+            'Transfer log in wu-ftpd xferlog format, e.g. "/var/log/ftpd/xferlog" ("" = off).'),
+    Setting("log", "json", path_kind(optional=True), "",
+            'Every event as a JSON line, e.g. "/var/log/ftpd/events.json" ("" = off).'),
+    Setting("tls", "certificate", path_kind(optional=True), "",
+            "PEM certificate chain, server certificate first; \"\" = no TLS. Read as root."),
+    Setting("tls", "key", path_kind(optional=True), "",
+            "PEM private key (unencrypted); \"\" = the key is in the certificate file."),
+    Setting("tls", "min_version", choice("1.2", "1.3"), "1.2",
+            "Oldest TLS version accepted."),
+    Setting("tls", "ciphers", text(1024, r"[A-Za-z0-9+:!@=_.-]+", "an OpenSSL cipher list"),
+            "ECDHE+AESGCM:ECDHE+CHACHA20",
+            "OpenSSL cipher list for TLS 1.2 (TLS 1.3 always uses its AEAD suites)."),
+    Setting("tls", "require", choice("none", "login", "all"), "none",
+            'Plain FTP allowed ("none"), logins only over TLS ("login"), or logins and '
+            'data connections ("all"); users.toml can override per user.'),
+    Setting("tls", "session_reuse", choice("require", "warn", "off"), "require",
+            "Data connections must resume the TLS session of their control connection "
+            "(stops data-connection theft); \"warn\" only logs."),
+    Setting("tls", "implicit_listen", listen_kind(allow_empty=True), [],
+            'Addresses for implicit FTPS (TLS from the first byte), e.g. ["0.0.0.0:990"].'),
+    Setting("tls", "handshake_timeout", integer(1, 300), 30,
+            "Seconds a client may take to finish a TLS handshake before it is disconnected."),
 )
 
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}

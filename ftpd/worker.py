@@ -24,6 +24,7 @@ from typing import Any
 from pyftpdlib.ioloop import AsyncChat, IOLoop
 from pyftpdlib.servers import FTPServer
 
+from . import logging as ftpd_logging
 from .auth import VirtualAuthorizer
 from .handler import WorkerRuntime, build_handler
 from .offload import Offloader
@@ -89,7 +90,8 @@ class Worker:
         writer.setblocking(False)
         self._signal_writer = writer
         self._signals = _SignalReader(reader, self.ioloop, self)
-        for signum in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT,
+                       signal.SIGHUP):
             signal.signal(signum, _ignore)  # the byte on the wake-up fd does the work
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         self._deadline: float | None = None
@@ -127,6 +129,8 @@ class Worker:
             self._begin_drain(stopping=True)
         elif signum == signal.SIGUSR2:
             self._begin_drain(stopping=False)
+        elif signum == signal.SIGUSR1:
+            ftpd_logging.reopen()
         # SIGINT/SIGHUP reach the whole process group from a terminal: the
         # supervisor decides what they mean and tells us.
 

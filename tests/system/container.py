@@ -190,6 +190,7 @@ class Container:
         self.process: subprocess.Popen[bytes] | None = None
         self.leader: int | None = None
         self.boot_seconds = 0.0
+        self.facts: dict[str, str] = {}  # what fixtures observed, for tests to check
         self._cgroups = [root / self.name for root in CGROUP_ROOTS if root.is_dir()]
 
     # --- life cycle

@@ -1,0 +1,140 @@
+"""RETR and STOR of one large file with curl, each paired with a bare loopback copy."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench import system
+from bench.barecopy import BareServer
+from bench.guard import url_host
+from bench.stats import median, ratio
+
+CURL_TIMEOUT_S = 600
+CURL_FORMAT = "%{time_pretransfer} %{time_total} %{size_download} %{size_upload}\\n"
+
+
+@dataclass
+class Timed:
+    """One transfer: bytes moved, seconds from curl's start and of the data phase."""
+
+    bytes: int
+    total_s: float
+    data_s: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / self.data_s / 1e6 if self.data_s > 0 else 0.0
+
+
+def parse_curl_times(line: str, upload: bool) -> Timed:
+    """curl -w output: data phase = time_total - time_pretransfer (login and commands
+    before the transfer are not part of the throughput)."""
+    pretransfer, total, down, up = line.split()
+    moved = int(float(up if upload else down))
+    return Timed(moved, float(total), max(float(total) - float(pretransfer), 1e-9))
+
+
+def run_curl(args: list[str], config: str, upload: bool) -> Timed:
+    """Run curl with credentials in a config on stdin (never in argv)."""
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail", "--config", "-",
+         "--write-out", CURL_FORMAT, *args],
+        input=config, capture_output=True, text=True, timeout=CURL_TIMEOUT_S, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"curl failed ({result.returncode}): {result.stderr.strip()}")
+    return parse_curl_times(result.stdout.strip().splitlines()[-1], upload)
+
+
+def curl_config(user: system.TestUser) -> str:
+    escaped = f"{user.name}:{user.password}".replace("\\", "\\\\").replace('"', '\\"')
+    return f'user = "{escaped}"\n'
+
+
+def ftp_retr(host: str, port: int, user: system.TestUser) -> Timed:
+    url = f"ftp://{url_host(host)}:{port}/pub/{user.big_file.name}"
+    return run_curl(["--output", "/dev/null", url], curl_config(user), upload=False)
+
+
+def ftp_stor(host: str, port: int, user: system.TestUser) -> Timed:
+    url = f"ftp://{url_host(host)}:{port}/up/{user.big_file.name}"
+    return run_curl(["--upload-file", str(user.big_file), url], curl_config(user), upload=True)
+
+
+def bare_retr(host: str, user: system.TestUser) -> Timed:
+    server = BareServer(host, "send", user.big_file)
+    server.start()
+    try:
+        timed = run_curl(["--output", "/dev/null",
+                          f"http://{url_host(host)}:{server.port}/big.bin"], "", upload=False)
+    finally:
+        server.join(CURL_TIMEOUT_S)
+    if server.error:
+        raise RuntimeError(f"bare sendfile server: {server.error}")
+    return timed
+
+
+def bare_stor(host: str, user: system.TestUser) -> Timed:
+    server = BareServer(host, "recv", user.upload_dir / "bare.bin")
+    server.start()
+    try:
+        # "Expect:" off: curl would otherwise wait for a 100 Continue before the body.
+        timed = run_curl(["--upload-file", str(user.big_file), "--header", "Expect:",
+                          f"http://{url_host(host)}:{server.port}/bare.bin"], "", upload=True)
+    finally:
+        server.join(CURL_TIMEOUT_S)
+    if server.error:
+        raise RuntimeError(f"bare recv server: {server.error}")
+    return timed
+
+
+def _checked_upload(user: system.TestUser, name: str, expected: int) -> None:
+    stored = user.upload_dir / name
+    size = stored.stat().st_size if stored.exists() else -1
+    if size != expected:
+        raise RuntimeError(f"upload stored {size} bytes, expected {expected}")
+
+
+def measure(host: str, port: int, user: system.TestUser, reps: int) -> dict[str, Any]:
+    """`reps` rounds of: RETR, bare send; STOR, bare recv. Ratios are per pair."""
+    size = user.big_file.stat().st_size
+    rounds: list[dict[str, Any]] = []
+    for _ in range(reps):
+        system.clear_uploads(user)
+        system.warm_page_cache(user.big_file)
+        retr = ftp_retr(host, port, user)
+        if retr.bytes != size:
+            raise RuntimeError(f"RETR moved {retr.bytes} bytes, expected {size}")
+        bare_down = bare_retr(host, user)
+        system.clear_uploads(user)
+        stor = ftp_stor(host, port, user)
+        _checked_upload(user, user.big_file.name, size)
+        system.clear_uploads(user)
+        bare_up = bare_stor(host, user)
+        _checked_upload(user, "bare.bin", size)
+        system.clear_uploads(user)
+        rounds.append({
+            "retr": asdict(retr), "bare_retr": asdict(bare_down),
+            "stor": asdict(stor), "bare_stor": asdict(bare_up),
+            "retr_mb_s": round(retr.mb_per_s, 1), "bare_retr_mb_s": round(bare_down.mb_per_s, 1),
+            "stor_mb_s": round(stor.mb_per_s, 1), "bare_stor_mb_s": round(bare_up.mb_per_s, 1),
+            "retr_ratio": ratio(retr.mb_per_s, bare_down.mb_per_s),
+            "stor_ratio": ratio(stor.mb_per_s, bare_up.mb_per_s),
+        })
+        time.sleep(0.5)
+
+    def med(key: str) -> float | None:
+        value = median(r[key] for r in rounds if r[key] is not None)
+        return None if value is None else round(value, 3)
+
+    return {
+        "file_bytes": size,
+        "reps": reps,
+        "rounds": rounds,
+        "retr_mb_s": med("retr_mb_s"), "bare_retr_mb_s": med("bare_retr_mb_s"),
+        "stor_mb_s": med("stor_mb_s"), "bare_stor_mb_s": med("bare_stor_mb_s"),
+        "retr_ratio": med("retr_ratio"), "stor_ratio": med("stor_ratio"),
+    }

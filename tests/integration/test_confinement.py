@@ -1,0 +1,108 @@
+"""A user cannot leave their root: `..`, absolute paths, symlinks, STOU."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+
+import pytest
+
+SECRET = b"s" * 12345  # a size that must never show up in a listing
+
+
+@pytest.fixture
+def jail(make_daemon):
+    daemon = make_daemon(workers=1)
+    outside = daemon.tmp / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_bytes(SECRET)
+    root = daemon.root
+    (root / "sub").mkdir()
+    (root / "sub" / "ok.txt").write_bytes(b"ok")
+    (root / "link_dir").symlink_to(outside)
+    (root / "link_file").symlink_to(outside / "secret.txt")
+    (root / "rel_up").symlink_to("../outside")
+    (root / "inside_link").symlink_to(root / "sub" / "ok.txt")
+    client = daemon.ftp()
+    client.voidcmd("TYPE I")
+    yield daemon, client, outside
+    client.close()
+    assert (outside / "secret.txt").read_bytes() == SECRET
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+
+
+def refused(call, *args) -> str:
+    with pytest.raises(ftplib.error_perm) as err:
+        call(*args)
+    assert str(err.value)[:3] in ("550", "501", "553"), err.value
+    return str(err.value)
+
+
+def retr(client, name):
+    client.retrbinary(f"RETR {name}", io.BytesIO().write)
+
+
+@pytest.mark.parametrize("name", [
+    "../outside/secret.txt", "/../outside/secret.txt", "../../../../etc/passwd", "/etc/passwd",
+    "link_dir/secret.txt", "link_file", "rel_up/secret.txt", "sub/../../outside/secret.txt",
+])
+def test_reads_outside_are_refused(jail, name):
+    _, client, _ = jail
+    refused(retr, client, name)
+
+
+@pytest.mark.parametrize("command", ["SIZE link_file", "MDTM link_file", "MLST link_file",
+                                     "CWD link_dir", "CWD rel_up", "SITE CHMOD 777 link_file"])
+def test_commands_through_links_are_refused(jail, command):
+    _, client, _ = jail
+    refused(client.sendcmd, command)
+
+
+@pytest.mark.parametrize("command", ["STOR link_dir/new", "STOR link_file", "APPE link_file",
+                                     "STOR rel_up/new", "STOU link_dir/x", "STOU rel_up/x"])
+def test_writes_through_links_are_refused(jail, command):
+    _, client, _ = jail
+    refused(client.storbinary, command, io.BytesIO(b"pwned"))
+
+
+def test_mkd_and_rename_through_links_are_refused(jail):
+    _, client, _ = jail
+    refused(client.mkd, "link_dir/x")
+    client.storbinary("STOR mine", io.BytesIO(b"m"))
+    client.sendcmd("RNFR mine")
+    refused(client.sendcmd, "RNTO link_dir/moved")
+    refused(client.sendcmd, "RNFR link_dir/secret.txt")
+
+
+def test_stou_in_the_root_still_works(jail):
+    daemon, client, _ = jail
+    reply = client.storbinary("STOU", io.BytesIO(b"unique"))
+    assert reply.startswith("226")
+    assert any(p.read_bytes() == b"unique" for p in daemon.root.iterdir() if p.is_file())
+
+
+def test_listings_do_not_reveal_outside_targets(jail):
+    daemon, client, outside = jail
+    lines: list[str] = []
+    client.retrlines("LIST", lines.append)
+    text = "\n".join(lines)
+    assert "link_file" in text and "link_dir" in text
+    assert str(outside) not in text and "outside" not in text.replace("rel_up", "")
+    assert "12345" not in text
+    assert "inside_link -> /sub/ok.txt" in text  # links that stay inside are shown
+    facts: list[str] = []
+    client.retrlines("MLSD", facts.append)
+    assert not any("size=12345" in f for f in facts), facts
+
+
+def test_links_inside_the_root_work(jail):
+    _, client, _ = jail
+    out = io.BytesIO()
+    client.retrbinary("RETR inside_link", out.write)
+    assert out.getvalue() == b"ok"
+
+
+def test_nul_byte_in_a_path(jail):
+    _, client, _ = jail
+    assert refused(client.sendcmd, "SIZE sub/ok.txt\x00x").startswith("501")
