@@ -17,10 +17,11 @@ from . import tls as tls_mod
 from . import users as users_mod
 from . import worker as worker_mod
 from .activation import adopt_listen_fds
+from .limits import SessionTable
 from .passive import worker_slice
 from .privileges import Account, StartupError, bind_all, dropper, worker_account
 from .settings import Endpoint
-from .supervisor import Plan
+from .supervisor import MAX_SLOTS, Plan
 from .users import User
 
 log = logging.getLogger("ftpd.app")
@@ -55,6 +56,8 @@ class FtpApp:
         self.config_path = config_path
         # Sockets from systemd socket activation replace [server] listen.
         self.activated = adopt_listen_fds()
+        # Daemon-wide session counts, shared with every worker of every generation.
+        self.sessions = SessionTable(MAX_SLOTS)
 
     def load(self) -> Plan:
         config = config_mod.load(self.config_path)
@@ -90,15 +93,19 @@ class FtpApp:
         return adopted | bind_all(rest, config.origin("server.listen"), implicit)
 
     def run_worker(self, plan: Plan, index: int, generation: int,
-                   listeners: list[socket.socket], report: socket.socket) -> int:
+                   listeners: list[socket.socket], report: socket.socket, slot: int) -> int:
         payload: Payload = plan.payload
+        self.sessions.slot = slot
         spec = worker_mod.WorkerSpec(
             index=index, generation=generation, config=payload.config, listeners=listeners,
             users=payload.users,
             passive_ports=worker_slice(payload.config.passive.ports, plan.workers, index),
             masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid(),
-            tls=payload.tls)
+            tls=payload.tls, sessions=self.sessions)
         return worker_mod.run(spec, dropper(payload.account))
+
+    def worker_exited(self, slot: int) -> None:
+        self.sessions.clear_slot(slot)
 
     def _setup_logging(self, config: config_mod.Config) -> None:
         for key in ("xferlog", "json"):

@@ -23,6 +23,7 @@ from pyftpdlib.log import logger as pyftpdlib_logger
 from .auth import VirtualAuthorizer
 from .filesystem import ConfinedFS
 from .logging import event
+from .limits import Limits, SessionTable
 from .offload import Offloader
 from .passive import RangePassiveDTP
 
@@ -38,6 +39,8 @@ class WorkerRuntime:
 
     worker: int
     offloader: Offloader
+    table: SessionTable | None = None  # daemon-wide session counts
+    limits: Limits | None = None
     sessions: set[Any] = field(default_factory=set)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     stopping: bool = False
@@ -59,7 +62,40 @@ class SessionHandler(FTPHandler):
     def __init__(self, conn: Any, server: Any, ioloop: Any = None) -> None:
         self.session_id = secrets.token_hex(4)
         self._verifying = False
+        self._counted_ip: str | None = None  # claimed in the daemon-wide table
+        self._counted_user: str | None = None
         super().__init__(conn, server, ioloop=ioloop)
+
+    def client_ip(self) -> str:
+        """The client's address, with IPv4-mapped IPv6 shown as IPv4."""
+        ip = str(self.remote_ip)
+        return ip[7:] if ip.startswith("::ffff:") else ip
+
+    def handle(self) -> None:
+        table, limits = self.runtime.table, self.runtime.limits
+        if table is not None and limits is not None:
+            why = table.open_session(self.client_ip(), limits)
+            if why:
+                self._event("refused", f"connection refused: {why}", logging.WARNING, reason=why)
+                self.respond(f"421 {why[0].upper()}{why[1:]}; try again later.")
+                self.close_when_done()
+                return
+            self._counted_ip = self.client_ip()
+        super().handle()
+
+    def _release(self) -> None:
+        table = self.runtime.table
+        if table is not None and self._counted_user is not None:
+            table.release_user(self._counted_user)
+        if table is not None and self._counted_ip is not None:
+            table.close_session(self._counted_ip)
+        self._counted_ip = self._counted_user = None
+
+    def flush_account(self) -> None:
+        if self.runtime.table is not None and self._counted_user is not None:
+            self.runtime.table.release_user(self._counted_user)
+            self._counted_user = None
+        super().flush_account()
 
     # --- session life cycle
 
@@ -68,11 +104,18 @@ class SessionHandler(FTPHandler):
         self._event("connect", f"session opened from {self.remote_ip}")
 
     def close(self) -> None:
+        if not self._closed:
+            self._release()
         if not self._closed and self in self.runtime.sessions:
             self.runtime.sessions.discard(self)
             self._event("disconnect", "session closed",
-                        duration_ms=int((time.time() - self.started) * 1000))
+                        duration_ms=int((time.time() - self.started) * 1000),
+                        **self.summary_fields())
         super().close()
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Extra fields for the disconnect event (the TLS handler adds its own)."""
+        return {}
 
     def handle_timeout(self) -> None:
         self._event("idle_timeout", "session idle too long, closing")
@@ -115,6 +158,15 @@ class SessionHandler(FTPHandler):
         if self._closed:
             return
         self.add_channel()
+        table, limits = self.runtime.table, self.runtime.limits
+        if ok is True and table is not None and limits is not None:
+            if not table.claim_user(username, limits.per_user):
+                self._event("refused", f"too many sessions for {username!r}", logging.WARNING,
+                            reason="too many sessions for this user")
+                self.respond("421 Too many sessions for this user; close one and retry.")
+                self.close_when_done()
+                return
+            self._counted_user = username
         if ok is True:
             self.handle_auth_success(self.authorizer.get_home_dir(username), "",
                                      self.authorizer.get_msg_login(username))

@@ -228,6 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Most concurrent sessions; more are refused with 421."),
     Setting("server", "max_sessions_per_ip", integer(0, 100000), 16,
             "Most concurrent sessions from one client address (0 = no limit)."),
+    Setting("server", "max_sessions_per_user", integer(0, 100000), 0,
+            "Most concurrent sessions of one user (0 = no limit)."),
     Setting("server", "idle_timeout", integer(0, 86400), 300,
             "Seconds a session may sit without a command before it is closed (0 = never)."),
     Setting("server", "shutdown_timeout", integer(0, 3600), 30,

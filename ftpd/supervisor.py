@@ -35,6 +35,7 @@ from .settings import Endpoint
 log = logging.getLogger("ftpd.supervisor")
 
 EXIT_BOOT_FAILED = 3
+MAX_SLOTS = 512  # two full generations of the most workers a plan may ask for (256)
 KILL_GRACE = 5.0  # seconds past shutdown_timeout before a draining worker is killed
 QUICK_DEATH = 5.0  # a worker dying this soon after start counts towards a crash loop
 CRASH_LOOP_DEATHS = 5
@@ -62,8 +63,15 @@ class App(Protocol):
         ...
 
     def run_worker(self, plan: Plan, index: int, generation: int,
-                   listeners: list[socket.socket], report: socket.socket) -> int:
-        """Body of a worker process; returns its exit status."""
+                   listeners: list[socket.socket], report: socket.socket, slot: int) -> int:
+        """Body of a worker process; returns its exit status.
+
+        `slot` is unique among live workers (of every generation) and below MAX_SLOTS.
+        """
+        ...
+
+    def worker_exited(self, slot: int) -> None:
+        """A worker is gone (reaped): release what it held in shared state."""
         ...
 
     def reopen_logs(self) -> None: ...
@@ -110,6 +118,7 @@ class WorkerProc:
     pid: int
     index: int
     generation: int
+    slot: int
     report: socket.socket
     started: float
     last_beat: float
@@ -231,6 +240,10 @@ class Supervisor:
                 self.spawn(index, now)
 
     def spawn(self, index: int, now: float) -> None:
+        used = {w.slot for w in self.workers.values()}
+        slot = next((s for s in range(MAX_SLOTS) if s not in used), None)
+        if slot is None:
+            return  # retiring generations still hold every slot; retry next pass
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         gc.collect()
         gc.freeze()  # keep the heap's pages shared copy-on-write with the workers
@@ -241,14 +254,14 @@ class Supervisor:
                 parent_end.close()
                 self._become_worker()
                 status = self.app.run_worker(self.plan, index, self.generation,
-                                             list(self.listeners.values()), child_end)
+                                             list(self.listeners.values()), child_end, slot)
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
                 self.ops.exit_child(status)
         child_end.close()
         parent_end.setblocking(False)
-        self.workers[pid] = WorkerProc(pid, index, self.generation, parent_end, now, now)
+        self.workers[pid] = WorkerProc(pid, index, self.generation, slot, parent_end, now, now)
         log.debug("spawned worker %d (pid %d, generation %d)", index, pid, self.generation)
 
     def _become_worker(self) -> None:
@@ -308,6 +321,7 @@ class Supervisor:
             if worker is None:
                 continue
             worker.report.close()
+            self.app.worker_exited(worker.slot)
             expected = worker.retiring or self.stopping
             if expected and status == 0:
                 log.info("worker %d (pid %d) finished draining", worker.index, pid)

@@ -27,7 +27,8 @@ from .config import Problem
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}"
 PERMISSION_LETTERS = "elradfmwMT"
 DEFAULT_PERMISSIONS = "elr"
-USER_KEYS = ("password", "root", "permissions")
+USER_KEYS = ("password", "root", "permissions", "tls")
+TLS_REQUIRE = ("none", "login", "all")  # same values as [tls] require
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class User:
     password: str
     root: str
     permissions: str
+    tls_require: str | None = None  # overrides [tls] require for this user
 
 
 class UsersError(Exception):
@@ -110,11 +112,32 @@ def parse(path: str, data: dict[str, Any], check_roots: bool = True) -> dict[str
             problems.append(Problem(path, f"{key}.permissions", "must be a string of letters"))
         elif why_perm := check_permissions(permissions):
             problems.append(Problem(path, f"{key}.permissions", why_perm))
+        tls_require = _tls_require(path, key, entry.get("tls"), problems)
         if not any(p.key.startswith(key) for p in problems):
-            users[name] = User(name, str(password), os.path.normpath(str(root)), str(permissions))
+            users[name] = User(name, str(password), os.path.normpath(str(root)), str(permissions),
+                               tls_require)
     if problems:
         raise UsersError(problems)
     return users
+
+
+def _tls_require(path: str, key: str, value: Any, problems: list[Problem]) -> str | None:
+    """The user's `tls = { require = "..." }` override, or None when absent."""
+    if value is None:
+        return None
+    allowed = ", ".join(f'"{v}"' for v in TLS_REQUIRE)
+    if not isinstance(value, dict):
+        problems.append(Problem(path, f"{key}.tls", 'must be a table, e.g. '
+                                'tls = { require = "none" }'))
+        return None
+    for unknown in sorted(set(value) - {"require"}):
+        problems.append(Problem(path, f"{key}.tls.{unknown}", "unknown key; allowed: require"))
+    require = value.get("require")
+    if not isinstance(require, str) or require not in TLS_REQUIRE:
+        problems.append(Problem(path, f"{key}.tls.require", f"got {require!r}, expected one "
+                                f"of {allowed}"))
+        return None
+    return require
 
 
 def load(path: str, check_roots: bool = True) -> dict[str, User]:
@@ -128,9 +151,16 @@ def _render(users: dict[str, dict[str, Any]]) -> str:
         bare = re.fullmatch(r"[A-Za-z0-9_-]+", name)
         lines.append(f"[users.{name if bare else json.dumps(name)}]")
         for key, value in users[name].items():
-            lines.append(f"{key} = {json.dumps(value)}")
+            lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    # JSON strings are valid TOML strings; tables become TOML inline tables.
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
 
 
 def upsert(path: str, name: str, password_hash: str | None, root: str | None,

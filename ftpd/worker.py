@@ -27,7 +27,9 @@ from pyftpdlib.servers import FTPServer
 from . import logging as ftpd_logging
 from .auth import VirtualAuthorizer
 from .handler import WorkerRuntime, build_handler
+from .limits import Limits, SessionTable
 from .offload import Offloader
+from .tls_handler import handler_for_listener
 from .users import User
 
 log = logging.getLogger("ftpd.worker")
@@ -50,6 +52,8 @@ class WorkerSpec:
     masquerade_ip: str | None
     report: socket.socket  # to the supervisor: "ready" and heartbeats
     master_pid: int
+    tls: Any = None  # tls.TlsSetup when [tls] certificate is set
+    sessions: SessionTable | None = None  # daemon-wide limits; None in unit tests
 
 
 class _SignalReader(AsyncChat):
@@ -77,11 +81,15 @@ class Worker:
         self.spec = spec
         self.ioloop = IOLoop()  # fresh per worker: never share an epoll set across processes
         self.offloader = Offloader(self.ioloop)
-        self.runtime = WorkerRuntime(worker=spec.index, offloader=self.offloader)
+        self.runtime = WorkerRuntime(
+            worker=spec.index, offloader=self.offloader, table=spec.sessions,
+            limits=Limits(spec.config.server.max_sessions, spec.config.server.max_sessions_per_ip,
+                          spec.config.server.max_sessions_per_user))
         authorizer = VirtualAuthorizer(spec.config.users.file, spec.users)
         handler = build_handler(spec.config, self.runtime, authorizer, spec.passive_ports,
                                 spec.masquerade_ip)
-        self.servers = [FTPServer(sock, handler, ioloop=self.ioloop, backlog=BACKLOG)
+        pick = handler_for_listener(handler, spec.tls)  # plain, explicit or implicit FTPS
+        self.servers = [FTPServer(sock, pick(sock), ioloop=self.ioloop, backlog=BACKLOG)
                         for sock in spec.listeners]
         for server in self.servers:
             server.max_cons = 0  # limits are enforced per session, not per socket

@@ -189,10 +189,11 @@ class Ftpd:
     def journal(self, *args: str) -> str:
         return self.container.journal(f"--since={self.since}", *args)
 
-    def client(self, *args: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Run ftpclient.py to the end; its last message."""
-        result = self.container.run("python3", "/mnt/tests/ftpclient.py", *args,
-                                    check=False, timeout=timeout)
+    def client(self, *args: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Run ftpclient.py to the end (socket timeouts of `timeout`); its last message."""
+        result = self.container.run("python3", "/mnt/tests/ftpclient.py", *args, check=False,
+                                    timeout=timeout * 2 + 10,
+                                    env={"FTPCLIENT_TIMEOUT": str(timeout)})
         lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
         assert lines, f"ftpclient printed nothing; stderr: {result.stderr}"
         return lines[-1]

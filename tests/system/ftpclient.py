@@ -18,6 +18,7 @@ import ftplib
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HOST = "127.0.0.1"
 BLOCK = 32 * 1024
-TIMEOUT = 30
+TIMEOUT = float(os.environ.get("FTPCLIENT_TIMEOUT", "30"))
 
 
 def emit(event: str, **fields: object) -> None:

@@ -129,7 +129,7 @@ def test_journal_fields_per_user(ftpd: Ftpd) -> None:
             found.add(str(name) if name else match.group(1) if match else "")
         return found
 
-    wait_for(lambda: {"login", "upload"} <= events(), timeout=10,
+    wait_for(lambda: {"login", "upload"} <= events(), timeout=5,
              what="login and upload entries with FTP_USER=alice")
 
 
@@ -181,7 +181,7 @@ def test_stop_lets_transfer_finish(ftpd: Ftpd) -> None:
 def test_socket_activation(ftpd: Ftpd) -> None:
     ftpd.container.systemctl("enable", "--now", "ftpd.socket")
     assert ftpd.state() == "inactive"
-    banner = ftpd.client("banner")
+    banner = ftpd.client("banner", timeout=10)
     assert banner["event"] == "done", banner
     assert banner["banner"].startswith("220")
     wait_for(lambda: ftpd.state() == "active", timeout=10, what="ftpd.service to start")

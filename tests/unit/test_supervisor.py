@@ -48,6 +48,7 @@ class FakeNotifier(Notifier):
 class FakeApp:
     def __init__(self, plans: list[Plan | Exception]) -> None:
         self.plans = plans
+        self.exited_slots: list[int] = []
 
     def load(self) -> Plan:
         plan = self.plans.pop(0)
@@ -60,6 +61,9 @@ class FakeApp:
 
     def run_worker(self, *args):  # pragma: no cover - children never run here
         raise AssertionError
+
+    def worker_exited(self, slot: int) -> None:
+        self.exited_slots.append(slot)
 
     def reopen_logs(self) -> None:
         pass
@@ -104,6 +108,9 @@ def test_dead_worker_is_replaced(sup):
     sup.maintain()
     assert pid not in sup.workers and len(sup.workers) == 2
     assert not sup.stopping
+    assert len(sup.app.exited_slots) == 1
+    slots = [w.slot for w in sup.workers.values()]
+    assert len(set(slots)) == 2 and sup.app.exited_slots[0] in slots  # freed slot reused
 
 
 def test_crash_loop_halts_instead_of_spinning(sup):
