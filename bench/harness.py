@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -24,7 +25,9 @@ from typing import Any
 
 from bench import debs, report, servers, system, throughput
 from bench.guard import require_loopback
+from bench.loadgen import DEFAULT_POLICY
 from bench.profiles import PROFILES, Profile
+from bench.stats import aggregate_storms
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -195,8 +198,10 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile,
                     (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 3)
                 return rec
             result["sessions"][str(clients)] = step(f"sessions N={clients}", sessions)
-        result["storm"] = step("login storm", lambda: loadgen.run(
+        storms = [step(f"login storm {i + 1}/{profile.storm_reps}", lambda: loadgen.run(
             "storm", ["--clients", str(profile.storm_clients)], 120.0))
+            for i in range(profile.storm_reps)]
+        result["storm"] = aggregate_storms([r for r in storms if r is not None])
         result["hold"] = step("idle sessions (memory, capacity)", lambda: loadgen.hold(
             profile.hold_steps(), profile.hold_concurrency, server, profile.capacity_target))
     finally:
@@ -228,6 +233,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
                         help=f"comma-separated subset of {','.join(ALL_SERVERS)}")
     parser.add_argument("--ftpd", help="path of the ftpd console script (default: on PATH)")
+    parser.add_argument("--reps", type=int,
+                        help="timed RETR/STOR pairs per server (default: 7, quick: 1)")
+    parser.add_argument("--ftpd-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="extra ftpd setting, VALUE in TOML syntax (repeatable), "
+                             "e.g. users.auth_cache_seconds=0")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to use")
     parser.add_argument("--base-port", type=int, default=21210,
                         help="control port of the first server; the others follow")
@@ -258,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     low, _, high = args.pasv.partition("-")
     pasv = (int(low), int(high))
     profile = PROFILES["quick" if args.quick else "full"]
+    if args.reps is not None:
+        if not 1 <= args.reps <= 50:
+            raise SystemExit("--reps must be between 1 and 50")
+        profile = dataclasses.replace(profile, reps=args.reps)
+    try:
+        overrides = servers.parse_overrides(args.ftpd_set)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     out = args.out or (args.cache / "quick" if args.quick else BENCH_DIR)
     foreign = warn_foreign_servers()
     if foreign:
@@ -295,13 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                 "passive_ports": args.pasv,
                 "home": str(user.home),
                 "foreign_servers": foreign,
-                "retry_policy": _retry_policy(),
+                "retry_policy": DEFAULT_POLICY.describe(),
             }
             for index, name in enumerate(names):
                 workdir = workroot / name
                 workdir.mkdir(mode=0o755)
                 ctx = servers.Context(workdir, host, args.base_port + index, pasv, user,
-                                      unpacked, ftpd_bin)
+                                      unpacked, ftpd_bin, overrides)
                 try:
                     results["servers"][name] = bench_one(name, ctx, profile, children)
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -323,12 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         if workroot is not None:
             subprocess.run(["rm", "-rf", "--one-file-system", str(workroot)], check=False)
     return 0
-
-
-def _retry_policy() -> str:
-    from bench.loadgen import DEFAULT_POLICY
-
-    return DEFAULT_POLICY.describe()
 
 
 if __name__ == "__main__":

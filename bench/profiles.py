@@ -18,6 +18,7 @@ class Profile:
     session_duration_s: float
     session_warmup_s: float
     storm_clients: int
+    storm_reps: int  # login storms per server; the median is reported
     memory_steps: tuple[int, ...]  # idle sessions at which PSS is reported
     capacity_steps: tuple[int, ...]  # further steps of the capacity workload
     capacity_target: int
@@ -33,11 +34,12 @@ class Profile:
 FULL = Profile(
     name="full",
     file_bytes=1 * GIB,
-    reps=5,
+    reps=7,
     session_clients=(50, 200),
     session_duration_s=15.0,
     session_warmup_s=2.0,
     storm_clients=300,
+    storm_reps=3,
     memory_steps=(0, 200, 1000),
     capacity_steps=(2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000),
     capacity_target=10000,
@@ -52,6 +54,7 @@ QUICK = Profile(
     session_duration_s=3.0,
     session_warmup_s=1.0,
     storm_clients=300,
+    storm_reps=1,
     memory_steps=(0, 200, 1000),
     capacity_steps=(),
     capacity_target=10000,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def median(values: Iterable[float]) -> float | None:
@@ -59,3 +60,25 @@ def best(values: Iterable[float | None], higher_is_better: bool) -> float | None
     if not known:
         return None
     return max(known) if higher_is_better else min(known)
+
+
+def aggregate_storms(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Several login storms as one: medians of time-to-all and p99, sums of the counts.
+
+    A storm in which someone never logged in counts as infinitely slow; if that is the
+    median, time-to-all is None (not everyone got in).
+    """
+    if not runs:
+        return {"runs": []}
+    times = [r.get("all_logged_in_s") for r in runs]
+    middle = median(math.inf if t is None else float(t) for t in times)
+    p99s = [r["login"]["p99_ms"] for r in runs if r.get("login", {}).get("p99_ms") is not None]
+    return {
+        "clients": runs[0].get("clients"),
+        "all_logged_in_s": None if middle is None or math.isinf(middle) else middle,
+        "login": {"p99_ms": median(p99s)},
+        "retries": sum(int(r.get("retries", 0)) for r in runs),
+        "errors": sum(int(r.get("errors", 0)) for r in runs),
+        "loadgen_cpu_share": max(float(r.get("loadgen_cpu_share", 0.0)) for r in runs),
+        "runs": list(runs),
+    }

@@ -17,6 +17,7 @@ from . import tls as tls_mod
 from . import users as users_mod
 from . import worker as worker_mod
 from .activation import adopt_listen_fds
+from .bans import BanPolicy, BanTable, FailureTracker
 from .limits import SessionTable
 from .passive import worker_slice
 from .privileges import Account, StartupError, bind_all, dropper, worker_account
@@ -56,8 +57,10 @@ class FtpApp:
         self.config_path = config_path
         # Sockets from systemd socket activation replace [server] listen.
         self.activated = adopt_listen_fds()
-        # Daemon-wide session counts, shared with every worker of every generation.
+        # Daemon-wide session counts and bans, shared with every worker of every
+        # generation; created before any fork and kept across reloads.
         self.sessions = SessionTable(MAX_SLOTS)
+        self.failures = FailureTracker(BanTable())
 
     def load(self) -> Plan:
         config = config_mod.load(self.config_path)
@@ -101,11 +104,24 @@ class FtpApp:
             users=payload.users,
             passive_ports=worker_slice(payload.config.passive.ports, plan.workers, index),
             masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid(),
-            tls=payload.tls, sessions=self.sessions)
+            tls=payload.tls, sessions=self.sessions, bans=self.failures.table)
         return worker_mod.run(spec, dropper(payload.account))
 
     def worker_exited(self, slot: int) -> None:
         self.sessions.clear_slot(slot)
+
+    def on_message(self, plan: Plan, message: str) -> None:
+        kind, _, ip = message.partition(" ")
+        if kind != "fail" or not ip:
+            return
+        security = plan.payload.config.security
+        policy = BanPolicy(security.max_login_failures, security.failure_window,
+                           security.ban_time)
+        if self.failures.failed(ip, policy):
+            ftpd_logging.event(
+                "ban", f"{ip} banned for {policy.ban_time} s after {policy.max_failures} failed "
+                f"logins in {policy.window} s", logging.WARNING, remote_addr=ip,
+                ban_seconds=policy.ban_time)
 
     def _setup_logging(self, config: config_mod.Config) -> None:
         for key in ("xferlog", "json"):

@@ -14,6 +14,9 @@ import logging
 import os
 import re
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
 
 from pyftpdlib.authorizers import AuthenticationFailed
 
@@ -72,6 +75,62 @@ _DUMMY_HASH = ("$scrypt$ln=15,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA=="
                "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
 
 
+class VerificationCache:
+    """Coalesces identical concurrent verifications and remembers successes briefly.
+
+    A busy account (a backup job logging in every few seconds, a storm of
+    clients with the same credentials) pays the KDF once, not per login.
+    Entries are keyed by a keyed hash (a per-process random key) of the user,
+    the stored hash and the password, so no password is kept, and a changed
+    password or users file never matches an old entry. Failures are never
+    remembered: each wrong guess costs a KDF.
+    """
+
+    MAX_ENTRIES = 10000
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._secret = os.urandom(32)
+        self._lock = threading.Lock()
+        self._ok: dict[bytes, float] = {}
+        self._inflight: dict[bytes, Future[bool]] = {}
+
+    def key(self, name: str, stored: str, password: str) -> bytes:
+        message = b"\0".join(s.encode("utf-8", "surrogatepass") for s in (name, stored, password))
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ok.clear()
+
+    def verify(self, key: bytes, compute: Callable[[], bool]) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._ok.get(key, 0.0) > now:
+                return True
+            pending = self._inflight.get(key)
+            if pending is None:
+                mine: Future[bool] = Future()
+                self._inflight[key] = mine
+        if pending is not None:
+            return pending.result()
+        try:
+            ok = compute()
+        except BaseException as err:
+            with self._lock:
+                del self._inflight[key]
+            mine.set_exception(err)
+            raise
+        with self._lock:
+            del self._inflight[key]
+            if ok and self.ttl > 0:
+                if len(self._ok) >= self.MAX_ENTRIES:
+                    self._ok = {k: t for k, t in self._ok.items() if t > now}
+                self._ok[key] = now + self.ttl
+        mine.set_result(ok)
+        return ok
+
+
 class VirtualAuthorizer:
     """pyftpdlib authorizer over the users file.
 
@@ -80,11 +139,12 @@ class VirtualAuthorizer:
     the last good table stays in use and the problem is logged once.
     """
 
-    def __init__(self, path: str, table: dict[str, User]) -> None:
+    def __init__(self, path: str, table: dict[str, User], cache_seconds: float = 0.0) -> None:
         self.path = path
         self._users = table
         self._stamp = self._stat()
         self._lock = threading.Lock()  # verify() runs in threads
+        self.cache = VerificationCache(cache_seconds)
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -101,6 +161,7 @@ class VirtualAuthorizer:
             self._stamp = stamp
             try:
                 self._users = users_mod.load(self.path)
+                self.cache.clear()
                 log.info("users file %s reloaded: %d users", self.path, len(self._users))
             except users_mod.UsersError as err:
                 log.error("users file %s not reloaded, keeping the previous users: %s",
@@ -113,7 +174,9 @@ class VirtualAuthorizer:
         """Slow: call off the event loop."""
         self.refresh()
         user = self._users.get(name)
-        ok = verify_password(password, user.password if user else _DUMMY_HASH)
+        stored = user.password if user else _DUMMY_HASH
+        ok = self.cache.verify(self.cache.key(name, stored, password),
+                               lambda: verify_password(password, stored))
         return ok and user is not None
 
     # --- the interface pyftpdlib's FTPHandler calls

@@ -51,7 +51,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             users_mod.load(config.users.file)
         except users_mod.UsersError as err:
             problems += [str(p) for p in err.problems]
-        for warning in config_mod.warnings(config):
+        from .tls import inspect as inspect_tls  # reads the certificate and key
+
+        tls_check = inspect_tls(config)
+        problems += [str(p) for p in tls_check.problems]
+        for warning in [*config_mod.warnings(config), *tls_check.warnings]:
             print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

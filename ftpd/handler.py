@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +22,10 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.log import logger as pyftpdlib_logger
 
 from .auth import VirtualAuthorizer
+from .bans import BanTable
 from .filesystem import ConfinedFS
-from .logging import event
 from .limits import Limits, SessionTable
+from .logging import event
 from .offload import Offloader
 from .passive import RangePassiveDTP
 
@@ -41,6 +43,8 @@ class WorkerRuntime:
     offloader: Offloader
     table: SessionTable | None = None  # daemon-wide session counts
     limits: Limits | None = None
+    bans: BanTable | None = None
+    report: Callable[[str], None] | None = None  # a message to the supervisor
     sessions: set[Any] = field(default_factory=set)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     stopping: bool = False
@@ -72,6 +76,14 @@ class SessionHandler(FTPHandler):
         return ip[7:] if ip.startswith("::ffff:") else ip
 
     def handle(self) -> None:
+        bans = self.runtime.bans
+        if bans is not None and (left := bans.banned_for(self.client_ip())):
+            self._event("refused", "connection refused: address banned", logging.WARNING,
+                        reason="banned", ban_seconds_left=int(left))
+            self.respond(f"421 Too many failed logins from your address; try again in "
+                         f"{int(left) + 1} seconds.")
+            self.close_when_done()
+            return
         table, limits = self.runtime.table, self.runtime.limits
         if table is not None and limits is not None:
             why = table.open_session(self.client_ip(), limits)
@@ -176,6 +188,8 @@ class SessionHandler(FTPHandler):
             log.error("password check for %r failed: %r", username, ok)
         self._event("login_failed", f"login failed for {username!r}", logging.WARNING)
         self.runtime.counters["login_failed"] += 1
+        if self.runtime.report is not None:
+            self.runtime.report(f"fail {self.client_ip()}")
         self.handle_auth_failed("Authentication failed.", "")
 
     # --- passive mode

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import errno
 import grp
+import ipaddress
 import logging
 import os
 import pwd
 import resource
+import signal
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -129,3 +132,122 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+# --- privileged data source ports (`[active] connect_from_port_20`)
+
+class PortBinder:
+    """The worker's end of a helper process that binds privileged source ports.
+
+    Workers run unprivileged, but RFC 959 active-mode data connections come
+    from the control port minus one (20 for 21), below 1024. As in vsftpd's
+    privilege separation, a tiny process forked *before* the worker drops its
+    privileges keeps them for one job: bind a TCP socket to (local address,
+    allowed port) and hand it back over a socket pair (SCM_RIGHTS). It binds
+    nothing else, never listens or connects, and exits when the worker's end
+    closes. The worker then connects the socket itself.
+    """
+
+    TIMEOUT = 2.0  # the helper only does socket()+bind(): microseconds when healthy
+
+    def __init__(self, sock: socket.socket, pid: int, ports: frozenset[int]) -> None:
+        self._sock = sock
+        self.pid = pid
+        self.ports = ports
+
+    def bind(self, family: int, host: str, port: int) -> socket.socket:
+        """A socket bound to (host, port); raises OSError like bind() would.
+
+        Synchronous on purpose: a local round trip to an idle helper is far
+        shorter than anything else a PORT command does, and TIMEOUT bounds it.
+        """
+        self._sock.settimeout(self.TIMEOUT)
+        self._sock.send(f"{family} {port} {host}".encode("ascii"))
+        data, fds, _flags, _addr = socket.recv_fds(self._sock, 64, 1)
+        if fds:
+            return socket.socket(fileno=fds[0])
+        code = int(data or b"0") or errno.EIO
+        raise OSError(code, os.strerror(code))
+
+    def close(self) -> None:
+        """Close our end (the helper exits on EOF) and reap the helper."""
+        self._sock.close()
+        for _ in range(100):
+            try:
+                pid, _status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                return
+            time.sleep(0.01)
+        os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+def start_port_binder(ports: Iterable[int]) -> PortBinder:
+    """Fork the bind helper; call while still privileged (before drop())."""
+    allowed = frozenset(ports)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            ours.close()
+            _serve_binds(theirs, allowed)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    theirs.close()
+    return PortBinder(ours, pid, allowed)
+
+
+def _serve_binds(sock: socket.socket, allowed: frozenset[int]) -> None:
+    """Body of the helper: answer bind requests until the worker goes away."""
+    # Keep only our socket: no listener, log file or client connection of the
+    # worker may live on in a root process.
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2 and int(name) != sock.fileno():
+            try:
+                os.close(int(name))
+            except OSError:
+                pass  # the directory's own fd, already gone
+    # A stop is the worker's business: we exit when it closes its end, so a
+    # draining worker can still open data connections (systemd signals the
+    # whole cgroup).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+    while True:
+        request = sock.recv(512)
+        if not request:
+            return
+        try:
+            bound = _bind_requested(request, allowed)
+        except OSError as err:
+            sock.send(str(err.errno or errno.EIO).encode("ascii"))
+            continue
+        try:
+            socket.send_fds(sock, [b"ok"], [bound.fileno()])
+        finally:
+            bound.close()
+
+
+def _bind_requested(request: bytes, allowed: frozenset[int]) -> socket.socket:
+    try:
+        family_text, port_text, host = request.decode("ascii").split(" ", 2)
+        family, port = int(family_text), int(port_text)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise OSError(errno.EINVAL, "malformed request") from None
+    if family not in (socket.AF_INET, socket.AF_INET6) or port not in allowed:
+        raise OSError(errno.EPERM, "port not allowed")
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # Several data connections share the port at once, each its own 4-tuple.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock

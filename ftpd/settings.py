@@ -195,6 +195,114 @@ def path_kind(optional: bool = False) -> Kind:
     return Kind(allowed, parse)
 
 
+def boolean() -> Kind:
+    allowed = "true or false"
+
+    def parse(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid(f"got {value!r}, expected {allowed}")
+        return value
+
+    return Kind(allowed, parse)
+
+
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def is_ip_literal(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_masquerade(value: Any, allowed: str) -> str:
+    """An IPv4 address or a DNS name for 227 replies ("" allowed: none)."""
+    _expect(value, str, allowed)
+    value = value.strip()
+    if not value:
+        return ""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        if address.version == 6:
+            raise Invalid(f"{value!r} is an IPv6 address, but 227 replies carry only IPv4; "
+                          "IPv6 clients use EPSV, which needs no address")
+        return str(address)
+    if re.fullmatch(r"[0-9.]+", value):
+        raise Invalid(f"{value!r} is not a valid IPv4 address")
+    if not _HOSTNAME.fullmatch(value):
+        raise Invalid(f"{value!r} is not {allowed}")
+    return value.lower().rstrip(".")
+
+
+def masquerade_kind() -> Kind:
+    allowed = 'an IPv4 address or a DNS name, or "" for none'
+    return Kind(allowed, lambda value: parse_masquerade(value, allowed))
+
+
+@dataclass(frozen=True)
+class AddressRule:
+    """One [passive] address_map entry: clients in `networks` get `address`."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    address: str  # IPv4 literal or DNS name
+
+
+def _network(text: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(text, str):
+        raise Invalid(f"{where}: got {text!r}, expected a network like \"10.0.0.0/8\"")
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError as err:
+        try:
+            loose = ipaddress.ip_network(text.strip(), strict=False)
+        except ValueError:
+            raise Invalid(f"{where}: {text!r} is not a network ({err})") from None
+        raise Invalid(f"{where}: {text!r} has host bits set; did you mean "
+                      f"\"{loose}\"?") from None
+
+
+def address_map_kind() -> Kind:
+    allowed = ('a list of tables { networks = ["CIDR", ...], address = "IPv4 or DNS name" }, '
+               'e.g. [{ networks = ["10.0.0.0/8", "fd00::/8"], address = "10.0.0.5" }]')
+
+    def parse(value: Any) -> tuple[AddressRule, ...]:
+        _expect(value, list, allowed)
+        rules = []
+        for number, entry in enumerate(value, 1):
+            where = f"entry {number}"
+            if not isinstance(entry, dict):
+                raise Invalid(f"{where}: got {entry!r}, expected {allowed}")
+            unknown = sorted(set(entry) - {"networks", "address"})
+            if unknown:
+                raise Invalid(f"{where}: unknown key(s) {', '.join(unknown)}; an entry has "
+                              "only networks and address")
+            for key in ("networks", "address"):
+                if key not in entry:
+                    raise Invalid(f"{where}: {key} is missing, expected {allowed}")
+            networks = entry["networks"]
+            if not isinstance(networks, list) or not networks:
+                raise Invalid(f"{where}: networks must be a non-empty list of networks like "
+                              '["10.0.0.0/8", "fd00::/8"]')
+            parsed = tuple(_network(n, f"{where}, networks") for n in networks)
+            try:
+                address = parse_masquerade(entry["address"], "an IPv4 address or a DNS name")
+            except Invalid as err:
+                raise Invalid(f"{where}, address: {err}") from None
+            if not address:
+                raise Invalid(f"{where}, address: empty, expected an IPv4 address or DNS name")
+            rules.append(AddressRule(parsed, address))
+        return tuple(rules)
+
+    return Kind(allowed, parse)
+
+
 @dataclass(frozen=True)
 class Setting:
     section: str
@@ -213,6 +321,7 @@ SECTIONS: dict[str, str] = {
     "server": "Control connections, worker processes and limits.",
     "passive": "Passive mode (PASV/EPSV): the ports clients connect to for data.",
     "users": "Who may log in.",
+    "security": "Brute-force defence: addresses with repeated failed logins are banned.",
     "tls": "FTPS (FTP over TLS). Without a certificate the server speaks plain FTP only.",
     "log": "Logging. Events go to stderr, which systemd sends to the journal.",
 }
@@ -247,6 +356,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Public address put in 227 replies when behind NAT (IP or DNS name)."),
     Setting("users", "file", path_kind(), "/etc/ftpd/users.toml",
             "Virtual users file, written by `ftpd passwd`."),
+    Setting("users", "auth_cache_seconds", integer(0, 3600), 60,
+            "Seconds a successful password check is remembered (keyed hash; 0 = never)."),
+    Setting("security", "max_login_failures", integer(0, 1000), 5,
+            "Failed logins from one address within failure_window that ban it (0 = never)."),
+    Setting("security", "failure_window", integer(1, 86400), 600,
+            "Seconds over which failed logins are counted."),
+    Setting("security", "ban_time", integer(1, 604800), 900,
+            "Seconds a banned address is refused (421) by every worker."),
     Setting("log", "level", choice("debug", "info", "warning", "error"), "info",
             "Least severe messages logged."),
     Setting("log", "xferlog", path_kind(optional=True), "",

@@ -74,6 +74,10 @@ class App(Protocol):
         """A worker is gone (reaped): release what it held in shared state."""
         ...
 
+    def on_message(self, plan: Plan, message: str) -> None:
+        """A worker's report that is not a heartbeat (the app's own protocol)."""
+        ...
+
     def reopen_logs(self) -> None: ...
 
 
@@ -204,6 +208,8 @@ class Supervisor:
                 parts = message.split()
                 if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
                     worker.sessions, worker.transfers = int(parts[1]), int(parts[2])
+            else:
+                self.app.on_message(self.plan, message)
 
     def dispatch_signals(self) -> None:
         while self.signals:

@@ -22,6 +22,7 @@ whether the listener is implicit and which address it is.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import socket
 import sys
@@ -49,6 +50,8 @@ REPLY_DATA_NEEDS_PROT_P = ("521 Data connection cannot be opened with this PROT 
 REPLY_REUSE_REQUIRED = ("522 TLS session reuse required: the data connection must resume the "
                         "TLS session of the control connection; enable session reuse in the "
                         "client.")
+REPLY_DATA_HANDSHAKE_ABORTED = ("426 The data connection closed during its TLS handshake; "
+                                "transfer aborted, retry it.")
 REPLY_DATA_HANDSHAKE_FAILED = ("522 TLS handshake on the data connection failed; check the "
                                "client's TLS settings (version, ciphers).")
 
@@ -86,14 +89,58 @@ class _HandshakeDeadline:
 
 
 class TlsDataChannel(TLS_DTPHandler):
-    """A data connection; with PROT P it is checked for session reuse."""
+    """A data connection; with PROT P it is checked for session reuse.
+
+    Nothing is written until the handshake is finished and checked. pyftpdlib
+    pushes the file as soon as the connection is accepted, and an SSL_write
+    during the handshake completes it *inside OpenSSL* and sends the data at
+    once, before the handshake callback could refuse the connection (seen
+    with TLS 1.2: a client that did not resume still received the file).
+    Holding the pushes back also keeps the channel off WRITE events during the
+    handshake, where pyftpdlib would otherwise retry the handshake on every
+    writable event until the client answers (a busy loop for one round trip).
+    """
 
     cmd_channel: TlsSessionHandler
 
     def __init__(self, sock: socket.socket, cmd_channel: TlsSessionHandler) -> None:
         self._deadline: _HandshakeDeadline | None = None
+        self._checked = False  # handshake finished and accepted by on_data_tls()
+        self._held: list[Callable[[], None]] = []  # pushes waiting for the check
         self.tls_state = "clear"  # then "reused" or "new"
         super().__init__(sock, cmd_channel)
+
+    def _holding(self) -> bool:
+        return self._ssl_requested and not self._checked
+
+    def push(self, data: bytes) -> None:
+        if self._holding():
+            self._initialized = True
+            self._held.append(functools.partial(super().push, data))
+        else:
+            super().push(data)
+
+    def push_with_producer(self, producer: Any) -> None:
+        if self._holding():
+            self._initialized = True
+            self._held.append(functools.partial(super().push_with_producer, producer))
+        else:
+            super().push_with_producer(producer)
+
+    def close_when_done(self) -> None:
+        if self._holding():
+            self._held.append(super().close_when_done)
+        else:
+            super().close_when_done()
+
+    def release(self) -> None:
+        """The check passed: send what was pushed meanwhile."""
+        self._checked = True
+        held, self._held = self._held, []
+        for call in held:
+            if self._closed:
+                break
+            call()
 
     def secure_connection(self, ssl_context: SSL.Context) -> None:
         super().secure_connection(ssl_context)
@@ -125,12 +172,19 @@ class TlsDataChannel(TLS_DTPHandler):
         # With a clean TLS shutdown the client reads an orderly EOF and then
         # this reply; a bare close makes most clients fail on the data socket
         # and leave the reply unread on the control connection.
-        self._resp = (reply, pyftpdlib_logger.warning)
+        self._resp = (reply, pyftpdlib_logger.debug)  # the event above says it
         self.close()
 
     def close(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
+        if not self._closed and self._holding():
+            # Closed before the handshake was checked: whatever pyftpdlib
+            # concluded (an empty upload counts as complete), nothing moved.
+            self.transfer_finished = False
+            if not self._resp or self._resp[0].startswith("226"):
+                self._resp = (REPLY_DATA_HANDSHAKE_ABORTED, pyftpdlib_logger.debug)
+        self._held = []
         super().close()
 
 
@@ -259,12 +313,14 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
         self._data_tls[channel.tls_state] += 1
         policy = self.tls_setup.session_reuse
         if reused or policy == "off":
+            channel.release()
             return
         if policy == "warn":
             if self._data_tls["new"] == 1:  # once per session, the summary counts the rest
                 self.tls_event("tls_reuse_missing", "data connection did not resume the "
                                "control connection's TLS session; allowed (session_reuse = "
                                "warn)", logging.WARNING, action="allowed")
+            channel.release()
             return
         self.tls_event("tls_reuse_missing", "data connection did not resume the control "
                        "connection's TLS session; refused with 522", logging.WARNING,

@@ -26,6 +26,7 @@ from pyftpdlib.servers import FTPServer
 
 from . import logging as ftpd_logging
 from .auth import VirtualAuthorizer
+from .bans import BanTable
 from .handler import WorkerRuntime, build_handler
 from .limits import Limits, SessionTable
 from .offload import Offloader
@@ -54,6 +55,7 @@ class WorkerSpec:
     master_pid: int
     tls: Any = None  # tls.TlsSetup when [tls] certificate is set
     sessions: SessionTable | None = None  # daemon-wide limits; None in unit tests
+    bans: BanTable | None = None
 
 
 class _SignalReader(AsyncChat):
@@ -83,9 +85,11 @@ class Worker:
         self.offloader = Offloader(self.ioloop)
         self.runtime = WorkerRuntime(
             worker=spec.index, offloader=self.offloader, table=spec.sessions,
+            bans=spec.bans, report=self._send,
             limits=Limits(spec.config.server.max_sessions, spec.config.server.max_sessions_per_ip,
                           spec.config.server.max_sessions_per_user))
-        authorizer = VirtualAuthorizer(spec.config.users.file, spec.users)
+        authorizer = VirtualAuthorizer(spec.config.users.file, spec.users,
+                                       spec.config.users.auth_cache_seconds)
         handler = build_handler(spec.config, self.runtime, authorizer, spec.passive_ports,
                                 spec.masquerade_ip)
         pick = handler_for_listener(handler, spec.tls)  # plain, explicit or implicit FTPS

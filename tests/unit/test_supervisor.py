@@ -65,6 +65,9 @@ class FakeApp:
     def worker_exited(self, slot: int) -> None:
         self.exited_slots.append(slot)
 
+    def on_message(self, plan, message: str) -> None:
+        pass
+
     def reopen_logs(self) -> None:
         pass
 

@@ -62,3 +62,47 @@ def test_authorizer_picks_up_changes_and_keeps_last_good_table(tmp_path):
         f.write("garbage = [\n")
     assert authorizer.verify("alice", "two")  # broken file: previous users stay
     assert not authorizer.verify("mallory", "two")
+
+
+def test_verification_cache_coalesces_and_remembers_only_successes():
+    import threading
+
+    cache = auth.VerificationCache(ttl=60)
+    calls = []
+    gate = threading.Event()
+
+    def slow_ok() -> bool:
+        calls.append(1)
+        gate.wait(5)
+        return True
+
+    key = cache.key("alice", "$hash", "pw")
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.verify(key, slow_ok)))
+               for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == [True] * 20 and len(calls) == 1  # one KDF for 20 logins
+    assert cache.verify(key, lambda: False) is True  # remembered
+    bad = cache.key("alice", "$hash", "wrong")
+    assert cache.verify(bad, lambda: False) is False
+    assert cache.verify(bad, lambda: calls.append(2) or False) is False
+    assert calls[-1] == 2  # failures are computed every time
+    assert cache.key("alice", "$other-hash", "pw") != key  # a new password hash never matches
+    cache.clear()
+    assert cache.verify(key, lambda: False) is False
+
+
+def test_authorizer_cache_is_dropped_when_the_users_file_changes(tmp_path):
+    path = str(tmp_path / "users.toml")
+    users.upsert(path, "alice", auth.hash_password("one", 10), str(tmp_path), "elr")
+    authorizer = auth.VirtualAuthorizer(path, users.load(path), cache_seconds=60)
+    assert authorizer.verify("alice", "one")
+    time.sleep(0.01)
+    users.upsert(path, "alice", auth.hash_password("two", 10), None, None)
+    assert not authorizer.verify("alice", "one")
+    assert authorizer.verify("alice", "two")
