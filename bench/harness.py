@@ -32,6 +32,7 @@ from bench.stats import aggregate_storms
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 ALL_SERVERS = ["ftpd", "vsftpd", "proftpd", "pure-ftpd"]
+WORKLOADS = ["throughput", "sessions", "storm", "hold"]
 PEERS = ALL_SERVERS[1:]
 LOADGEN_SLACK_S = 180.0  # on top of a workload's own duration before the loadgen is killed
 HOLD_STEP_TIMEOUT_S = 900.0
@@ -88,7 +89,7 @@ class Children:
 class Loadgen:
     """Runs bench/loadgen.py as its own process (its CPU share is then its own)."""
 
-    def __init__(self, children: Children, host: str, port: int, user: system.TestUser) -> None:
+    def __init__(self, children: Children, host: str, port: int, user: system.BenchUser) -> None:
         self.children = children
         self.base = [sys.executable, "-m", "bench.loadgen"]
         self.common = ["--host", host, "--port", str(port), "--user", user.name,
@@ -155,8 +156,8 @@ class Loadgen:
         return records
 
 
-def bench_one(name: str, ctx: servers.Context, profile: Profile,
-              children: Children) -> dict[str, Any]:
+def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Children,
+              workloads: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"name": name, "errors": []}
     plan = servers.PLANS[name](ctx)
     result.update(version=plan.version, notes=plan.notes, command=" ".join(plan.argv))
@@ -183,10 +184,12 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile,
             finally:
                 time.sleep(1.0)  # let TIME_WAIT and exiting session processes settle
 
-        result["throughput"] = step("throughput", lambda: throughput.measure(
-            ctx.host, ctx.port, ctx.user, profile.reps))
+        if "throughput" in workloads:
+            result["throughput"] = step("throughput", lambda: throughput.measure(
+                ctx.host, ctx.port, ctx.user, profile.reps))
+        result["ftps"] = {"skipped": throughput.FTPS_SKIP_REASON}
         result["sessions"] = {}
-        for clients in profile.session_clients:
+        for clients in profile.session_clients if "sessions" in workloads else ():
             def sessions(clients: int = clients) -> dict[str, Any]:
                 busy0 = system.cpu_busy_sample()
                 rec = loadgen.run("sessions", [
@@ -198,12 +201,15 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile,
                     (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 3)
                 return rec
             result["sessions"][str(clients)] = step(f"sessions N={clients}", sessions)
-        storms = [step(f"login storm {i + 1}/{profile.storm_reps}", lambda: loadgen.run(
-            "storm", ["--clients", str(profile.storm_clients)], 120.0))
-            for i in range(profile.storm_reps)]
-        result["storm"] = aggregate_storms([r for r in storms if r is not None])
-        result["hold"] = step("idle sessions (memory, capacity)", lambda: loadgen.hold(
-            profile.hold_steps(), profile.hold_concurrency, server, profile.capacity_target))
+        if "storm" in workloads:
+            storms = [step(f"login storm {i + 1}/{profile.storm_reps}", lambda: loadgen.run(
+                "storm", ["--clients", str(profile.storm_clients)], 120.0))
+                for i in range(profile.storm_reps)]
+            result["storm"] = aggregate_storms([r for r in storms if r is not None])
+        if "hold" in workloads:
+            result["hold"] = step("idle sessions (memory, capacity)", lambda: loadgen.hold(
+                profile.hold_steps(), profile.hold_concurrency, server,
+                profile.capacity_target))
     finally:
         log(f"{name}: stopping pid {server.pid}")
         server.stop()
@@ -232,6 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="smoke run (~2 min per server): small file, short workloads")
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
                         help=f"comma-separated subset of {','.join(ALL_SERVERS)}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--ftpd", help="path of the ftpd console script (default: on PATH)")
     parser.add_argument("--reps", type=int,
                         help="timed RETR/STOR pairs per server (default: 7, quick: 1)")
@@ -261,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(ALL_SERVERS)
     if unknown or not names:
         raise SystemExit(f"unknown servers: {sorted(unknown)}; choose from {ALL_SERVERS}")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not workloads or set(workloads) - set(WORKLOADS):
+        raise SystemExit(f"--workloads: choose from {WORKLOADS}")
     ftpd_bin = servers.find_ftpd(args.ftpd) if "ftpd" in names else None
     if "ftpd" in names and not ftpd_bin:
         raise SystemExit("ftpd is not installed: pip install -e . (or --ftpd PATH, or "
@@ -282,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"warning: peer daemons already running: {', '.join(foreign)}")
 
     children = Children()
-    user: system.TestUser | None = None
+    user: system.BenchUser | None = None
     workroot: Path | None = None
     results: dict[str, Any] = {"servers": {}}
     started = time.monotonic()
@@ -314,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "home": str(user.home),
                 "foreign_servers": foreign,
                 "retry_policy": DEFAULT_POLICY.describe(),
+                "workloads": workloads,
             }
             for index, name in enumerate(names):
                 workdir = workroot / name
@@ -321,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 ctx = servers.Context(workdir, host, args.base_port + index, pasv, user,
                                       unpacked, ftpd_bin, overrides)
                 try:
-                    results["servers"][name] = bench_one(name, ctx, profile, children)
+                    results["servers"][name] = bench_one(name, ctx, profile, children,
+                                                         workloads)
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     log(f"{name}: {exc}")
                     results["servers"][name] = {"name": name, "errors": [str(exc)]}

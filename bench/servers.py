@@ -10,6 +10,7 @@ Files a peer would keep under /etc or /run live in a per-server temporary direct
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -43,9 +44,11 @@ class Context:
     host: str
     port: int
     pasv: tuple[int, int]
-    user: system.TestUser
+    user: system.BenchUser
     unpacked: Unpacked | None = None
     ftpd_bin: str | None = None
+    # ftpd settings on top of the bench's: (section, key) -> TOML literal
+    ftpd_overrides: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,7 +97,7 @@ def vsftpd_plan(ctx: Context) -> Plan:
     version = ctx.unpacked.versions.get("vsftpd", "?") if ctx.unpacked else "?"
     return Plan("vsftpd", version, [_peer_binary(ctx, "usr/sbin/vsftpd"), str(conf)],
                 _peer_env(ctx), stdin_is_log=True,
-                notes=["PAM (pam_unix via /etc/pam.d/other); 2 processes per session"])
+                notes=["PAM: pam_unix, SHA-512 crypt on every login; 2 processes per session"])
 
 
 def proftpd_plan(ctx: Context) -> Plan:
@@ -134,8 +137,8 @@ Umask 022
     return Plan("proftpd", version,
                 [_peer_binary(ctx, "usr/sbin/proftpd"), "--nodaemon", "--config", str(conf)],
                 _peer_env(ctx),
-                notes=["PAM then /etc/shadow (Debian's AuthOrder); mod_delay on (default); "
-                       "1 process per session"])
+                notes=["PAM: pam_unix, SHA-512 crypt on every login (Debian's AuthOrder); "
+                       "mod_delay on (default); 1 process per session"])
 
 
 def pureftpd_plan(ctx: Context) -> Plan:
@@ -151,29 +154,48 @@ def pureftpd_plan(ctx: Context) -> Plan:
         "--pidfile", str(ctx.workdir / "pure-ftpd.pid"), "--tls", "0",
     ]
     return Plan("pure-ftpd", version, argv, _peer_env(ctx),
-                notes=["PAM (Debian's default); privsep: 2 processes per session"])
+                notes=["PAM (Debian's default): pam_unix, SHA-512 crypt on every login; "
+                       "privsep: 2 processes per session"])
 
 
-def write_ftpd_config(ctx: Context, users_file: Path) -> Path:
-    """The production settings under test, plus limits raised to the capacity workload."""
-    conf = ctx.workdir / "ftpd.toml"
-    conf.write_text(f"""\
-[server]
-workers = "auto"
-listen = ["{ctx.host}:{ctx.port}"]
-user = "{ctx.user.name}"
-group = "{ctx.user.name}"
-max_sessions = {MAX_SESSIONS}
-max_sessions_per_ip = 0
-idle_timeout = {IDLE_TIMEOUT_S}
+_OVERRIDE = re.compile(r"^([a-z_]+)\.([a-z_]+)=(.+)$")
 
-[passive]
-ports = "{ctx.pasv[0]}-{ctx.pasv[1]}"
 
-[users]
-file = "{users_file}"
-""")
-    return conf
+def parse_overrides(items: list[str]) -> dict[tuple[str, str], str]:
+    """'section.key=value' strings (value as TOML) to {(section, key): value}."""
+    out: dict[tuple[str, str], str] = {}
+    for item in items:
+        match = _OVERRIDE.match(item.strip())
+        if not match:
+            raise ValueError(f"--ftpd-set wants SECTION.KEY=VALUE, got {item!r}")
+        out[(match.group(1), match.group(2))] = match.group(3).strip()
+    return out
+
+
+def ftpd_settings(ctx: Context, users_file: Path) -> dict[str, dict[str, str]]:
+    """The production settings under test (TOML literals), limits raised to the capacity
+    workload like the peers', then the --ftpd-set overrides."""
+    sections: dict[str, dict[str, str]] = {
+        "server": {
+            "workers": '"auto"',
+            "listen": f'["{ctx.host}:{ctx.port}"]',
+            "user": f'"{ctx.user.name}"',
+            "group": f'"{ctx.user.name}"',
+            "max_sessions": str(MAX_SESSIONS),
+            "max_sessions_per_ip": "0",
+            "idle_timeout": str(IDLE_TIMEOUT_S),
+        },
+        "passive": {"ports": f'"{ctx.pasv[0]}-{ctx.pasv[1]}"'},
+        "users": {"file": f'"{users_file}"'},
+    }
+    for (section, key), value in ctx.ftpd_overrides.items():
+        sections.setdefault(section, {})[key] = value
+    return sections
+
+
+def render_toml(sections: dict[str, dict[str, str]]) -> str:
+    return "\n".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+                     for name, values in sections.items())
 
 
 def ftpd_plan(ctx: Context) -> Plan:
@@ -186,11 +208,27 @@ def ftpd_plan(ctx: Context) -> Plan:
         input=ctx.user.password + "\n", text=True, check=True, capture_output=True,
         timeout=60,
     )
-    conf = write_ftpd_config(ctx, users_file)
+    conf = ctx.workdir / "ftpd.toml"
+    conf.write_text(render_toml(ftpd_settings(ctx, users_file)))
+    check = subprocess.run([ctx.ftpd_bin, "check", "-c", str(conf)], capture_output=True,
+                           text=True, check=False, timeout=60)
+    if check.returncode != 0:
+        raise RuntimeError(f"ftpd check refused the bench config: "
+                           f"{(check.stderr or check.stdout).strip()[-800:]}")
     version = subprocess.run([ctx.ftpd_bin, "--version"], capture_output=True, text=True,
                              check=False, timeout=30).stdout.strip() or "?"
-    return Plan("ftpd", version, [ctx.ftpd_bin, "serve", "-c", str(conf)],
-                notes=["workers = auto, dropped to the test user; virtual user file"])
+    notes = ["workers = auto, dropped to the test user; virtual users file "
+             f"({_hash_scheme(users_file)}); other settings at their defaults"]
+    notes += [f"{section}.{key} = {value}"
+              for (section, key), value in ctx.ftpd_overrides.items()]
+    return Plan("ftpd", version.removeprefix("ftpd ").strip(),
+                [ctx.ftpd_bin, "serve", "-c", str(conf)], notes=notes)
+
+
+def _hash_scheme(users_file: Path) -> str:
+    """The password hash scheme `ftpd passwd` wrote, e.g. '$scrypt$ln=15,r=8,p=1'."""
+    match = re.search(r"(\$[a-z0-9-]+\$[^$\"]*)\$", users_file.read_text())
+    return f"{match.group(1)} hash" if match else "hash scheme unknown"
 
 
 PLANS: dict[str, Callable[[Context], Plan]] = {

@@ -22,7 +22,7 @@ SMALL_FILE_SIZE = 64 * 1024
 
 
 @dataclass
-class TestUser:
+class BenchUser:
     """The temporary account every server authenticates, and its chroot root."""
 
     name: str
@@ -65,7 +65,7 @@ def remove_leftover_user(name: str = USER) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def create_user(name: str = USER) -> TestUser:
+def create_user(name: str = USER) -> BenchUser:
     """Create the account with a SHA-512 crypt password and a root-owned home (chroot root).
 
     Layout: home/ (root 0755) with pub/ (read-only files) and up/ (owned by the user):
@@ -92,7 +92,7 @@ def create_user(name: str = USER) -> TestUser:
         shutil.rmtree(home, ignore_errors=True)
         raise
     entry = pwd.getpwnam(name)
-    user = TestUser(name, password, home, entry.pw_uid, entry.pw_gid)
+    user = BenchUser(name, password, home, entry.pw_uid, entry.pw_gid)
     (home / "pub").mkdir(mode=0o755)
     user.upload_dir.mkdir(mode=0o755)
     os.chown(user.upload_dir, user.uid, user.gid)
@@ -100,7 +100,7 @@ def create_user(name: str = USER) -> TestUser:
     return user
 
 
-def remove_user(user: TestUser) -> None:
+def remove_user(user: BenchUser) -> None:
     _remove_account(user.name)
     if user.home.parent == HOME_PARENT and user.home.name.startswith(HOME_PREFIX):
         shutil.rmtree(user.home, ignore_errors=True)
@@ -125,7 +125,7 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
-def clear_uploads(user: TestUser) -> None:
+def clear_uploads(user: BenchUser) -> None:
     """Delete uploaded files and flush dirty pages so the next timed write starts clean."""
     for entry in user.upload_dir.iterdir():
         if entry.is_file():

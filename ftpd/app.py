@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import config as config_mod
+from . import datachannel, nat
 from . import logging as ftpd_logging
 from . import tls as tls_mod
 from . import users as users_mod
@@ -35,19 +36,7 @@ class Payload:
     masquerade_ip: str | None
     account: Account | None
     tls: tls_mod.TlsSetup | None = None  # parsed as root; workers build contexts from it
-
-
-def resolve_masquerade(config: config_mod.Config) -> str | None:
-    """The IPv4 address for 227 replies, resolving a DNS name once at start."""
-    host = config.passive.address
-    if not host:
-        return None
-    try:
-        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except socket.gaierror as err:
-        raise StartupError(f"{config.origin('passive.address')}: passive.address: cannot "
-                           f"resolve {host!r} to an IPv4 address: {err.strerror}") from None
-    return str(infos[0][4][0])
+    resolved: dict[str, str] = field(default_factory=dict)  # [passive] DNS names -> IPv4
 
 
 class FtpApp:
@@ -61,6 +50,8 @@ class FtpApp:
         # generation; created before any fork and kept across reloads.
         self.sessions = SessionTable(MAX_SLOTS)
         self.failures = FailureTracker(BanTable())
+        # Passive ports are probed at start only: later our own sessions hold some.
+        self.loaded_once = False
 
     def load(self) -> Plan:
         config = config_mod.load(self.config_path)
@@ -72,11 +63,14 @@ class FtpApp:
                 + str(err)) from None
         # A certificate that cannot be used fails the load: a reload keeps the old one.
         tls_setup, tls_warnings = tls_mod.load(config)
-        payload = Payload(config, users, resolve_masquerade(config),
-                          worker_account(config.server.user, config.server.group,
-                                         config.origin("server.user")), tls_setup)
         self._setup_logging(config)
-        for warning in [*config_mod.warnings(config), *tls_warnings]:
+        # Masquerade names are resolved here once (never fatal: workers retry).
+        resolved = nat.resolve_at_start(config)
+        payload = Payload(config, users, nat.static_address(config, resolved),
+                          worker_account(config.server.user, config.server.group,
+                                         config.origin("server.user")), tls_setup, resolved)
+        probe, self.loaded_once = not self.loaded_once, True
+        for warning in [*config_mod.warnings(config, probe_ports=probe), *tls_warnings]:
             log.warning("%s", warning)
         endpoints = tuple(self.activated) or config.server.listen
         endpoints += tuple(e for e in config.tls.implicit_listen if e not in endpoints)
@@ -105,7 +99,15 @@ class FtpApp:
             passive_ports=worker_slice(payload.config.passive.ports, plan.workers, index),
             masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid(),
             tls=payload.tls, sessions=self.sessions, bans=self.failures.table)
-        return worker_mod.run(spec, dropper(payload.account))
+        # Forked here, still privileged, when workers need port 20 after their drop.
+        binder = datachannel.start_binder(payload.config, (e.port for e in plan.endpoints),
+                                          dropping=payload.account is not None)
+        spec.data = datachannel.DataStart(payload.resolved, binder)
+        try:
+            return worker_mod.run(spec, dropper(payload.account))
+        finally:
+            if binder is not None:
+                binder.close()  # no helper outlives its worker
 
     def worker_exited(self, slot: int) -> None:
         self.sessions.clear_slot(slot)

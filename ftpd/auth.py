@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from pyftpdlib.authorizers import AuthenticationFailed
 
@@ -131,6 +132,25 @@ class VerificationCache:
         return ok
 
 
+ANONYMOUS_NAMES = ("anonymous", "ftp")
+ANONYMOUS_PERMISSIONS = "elr"
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    """Anonymous access: read-only under `root`, uploads (STOR/STOU only) in `upload_dir`."""
+
+    root: str
+    upload_dir: str  # absolute, under root; "" = no uploads
+
+    def may_upload(self, path: str) -> bool:
+        if not self.upload_dir:
+            return False
+        real = os.path.realpath(path)
+        base = os.path.realpath(self.upload_dir)
+        return real.startswith(base.rstrip(os.sep) + os.sep)
+
+
 class VirtualAuthorizer:
     """pyftpdlib authorizer over the users file.
 
@@ -139,8 +159,10 @@ class VirtualAuthorizer:
     the last good table stays in use and the problem is logged once.
     """
 
-    def __init__(self, path: str, table: dict[str, User], cache_seconds: float = 0.0) -> None:
+    def __init__(self, path: str, table: dict[str, User], cache_seconds: float = 0.0,
+                 anonymous: Anonymous | None = None) -> None:
         self.path = path
+        self.anonymous = anonymous
         self._users = table
         self._stamp = self._stat()
         self._lock = threading.Lock()  # verify() runs in threads
@@ -170,8 +192,13 @@ class VirtualAuthorizer:
     def user(self, name: str) -> User | None:
         return self._users.get(name)
 
+    def is_anonymous(self, name: str) -> bool:
+        return self.anonymous is not None and name in ANONYMOUS_NAMES
+
     def verify(self, name: str, password: str) -> bool:
         """Slow: call off the event loop."""
+        if self.is_anonymous(name):
+            return True  # any password (by custom an e-mail address)
         self.refresh()
         user = self._users.get(name)
         stored = user.password if user else _DUMMY_HASH
@@ -186,9 +213,11 @@ class VirtualAuthorizer:
             raise AuthenticationFailed("Authentication failed.")
 
     def has_user(self, username: str) -> bool:
-        return username in self._users
+        return username in self._users or self.is_anonymous(username)
 
     def get_home_dir(self, username: str) -> str:
+        if self.anonymous is not None and self.is_anonymous(username):
+            return self.anonymous.root
         return self._users[username].root
 
     def get_msg_login(self, username: str) -> str:
@@ -198,10 +227,14 @@ class VirtualAuthorizer:
         return "Goodbye."
 
     def get_perms(self, username: str) -> str:
+        if self.is_anonymous(username):
+            return ANONYMOUS_PERMISSIONS
         user = self._users.get(username)
         return user.permissions if user else ""
 
     def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        if self.anonymous is not None and self.is_anonymous(username) and perm == "w":
+            return path is not None and self.anonymous.may_upload(path)
         return perm in self.get_perms(username)
 
     def impersonate_user(self, username: str, password: str) -> None:

@@ -55,7 +55,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         tls_check = inspect_tls(config)
         problems += [str(p) for p in tls_check.problems]
-        for warning in [*config_mod.warnings(config), *tls_check.warnings]:
+        for warning in [*config_mod.warnings(config, probe_ports=True), *tls_check.warnings]:
             print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
@@ -64,6 +64,20 @@ def cmd_check(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     print(f"ftpd: {path}: configuration OK")
+    return 0
+
+
+def cmd_firewall(args: argparse.Namespace) -> int:
+    from .firewall import render
+
+    path = _config_path(args)
+    try:
+        config = config_mod.load(path)
+    except config_mod.ConfigError as err:
+        for problem in err.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render(config, args.format, path))
     return 0
 
 
@@ -127,13 +141,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--permissions", help="permission letters, e.g. elr (read-only) or "
                                           f"{users_mod.PERMISSION_LETTERS} (all)")
     sub.add_parser("defaults", help="print the commented default configuration")
+    sp = sub.add_parser("firewall", help="print the firewall rules this configuration needs")
+    sp.add_argument("-c", "--config", help=f"config file (default $FTPD_CONFIG or "
+                                           f"{config_mod.DEFAULT_PATH})")
+    sp.add_argument("--format", choices=("nft", "iptables", "firewalld"), default="nft",
+                    help="rule syntax (default nft)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "check": cmd_check, "passwd": cmd_passwd,
-                "defaults": cmd_defaults}
+                "defaults": cmd_defaults, "firewall": cmd_firewall}
     return handlers[args.command](args)
 
 

@@ -130,6 +130,9 @@ def load(path: str) -> Config:
 def _cross_check(config: Config) -> list[Problem]:
     """Rules that involve more than one setting."""
     problems = []
+    anonymous = config.anonymous
+    if anonymous.enabled:
+        problems.extend(_check_anonymous(config))
     ports = config.passive.ports
     if len(ports) < config.server.workers:
         problems.append(Problem(
@@ -143,15 +146,44 @@ def _cross_check(config: Config) -> list[Problem]:
     return problems
 
 
-def warnings(config: Config) -> list[str]:
-    """Things that work but are probably not what the admin wants."""
+def _check_anonymous(config: Config) -> list[Problem]:
+    anonymous = config.anonymous
+    if not anonymous.root or not os.path.isdir(anonymous.root):
+        return [Problem(config.origin("anonymous.root"), "anonymous.root",
+                        f"{anonymous.root!r} is not an existing directory")]
+    if not anonymous.upload_dir:
+        return []
+    where = config.origin("anonymous.upload_dir")
+    root = os.path.normpath(anonymous.root)
+    upload = os.path.normpath(os.path.join(root, anonymous.upload_dir))
+    if os.path.isabs(anonymous.upload_dir) or not upload.startswith(root + os.sep):
+        return [Problem(where, "anonymous.upload_dir", 'must be a directory under '
+                        'anonymous.root, given relative to it (e.g. "incoming")')]
+    if not os.path.isdir(upload):
+        return [Problem(where, "anonymous.upload_dir", f"{upload} does not exist")]
+    return []
+
+
+def warnings(config: Config, probe_ports: bool = False) -> list[str]:
+    """Things that work but are probably not what the admin wants.
+
+    Includes the NAT/firewall self-diagnosis of diagnose.py, which looks at
+    this host (interfaces, sysctls); `probe_ports` also tries to bind every
+    passive port (at start and in `ftpd check`, not on reload).
+    """
+    from . import diagnose  # it reads settings only, but keep config importable alone
+
     found = []
     ports = config.passive.ports
     if len(ports) < config.server.max_sessions:
+        per_worker = len(ports) // max(config.server.workers, 1)
         found.append(
             f"{config.origin('passive.ports')}: passive.ports: the range has {len(ports)} ports, "
-            f"fewer than server.max_sessions ({config.server.max_sessions}); under load "
-            "clients get '425 no passive port free': widen the range")
+            f"fewer than server.max_sessions ({config.server.max_sessions}), split among "
+            f"{config.server.workers} workers (~{per_worker} each); under load clients get "
+            "'425 no passive port free': widen the range and open the same range in the "
+            "firewall (`ftpd firewall` prints the rules)")
+    found += diagnose.warnings(config, probe_ports=probe_ports)
     return found
 
 

@@ -16,8 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .active import Refused, SourcePortActiveDTP, bind_source, check_target, parse_eprt, \
-    parse_port
+from .active import (
+    Refused,
+    SourcePortActiveDTP,
+    bind_source,
+    check_target,
+    parse_eprt,
+    parse_port,
+)
 from .logging import event
 from .nat import PassiveAddresses, Refresher
 from .passive import RangePassiveDTP
@@ -32,7 +38,7 @@ else:
 DATA_COUNTERS = (
     "pasv", "epsv", "port", "eprt",
     "425_timeout", "425_foreign_address", "425_range_exhausted", "425_connect_failed",
-    "425_source_port", "pasv_refused_ipv6",
+    "425_source_port", "pasv_refused_ipv6", "passive_expired", "foreign_data_rejected",
     "refused_malformed", "refused_foreign_address", "refused_privileged_port",
     "refused_active_disabled", "refused_after_epsv_all",
 )
@@ -83,7 +89,6 @@ class DataChannelPolicy(_Base):
         self._active("EPRT", line)
 
     def _active(self, command: str, line: str) -> None:
-        self.count(command.lower())
         try:
             if not self.active_enabled:
                 raise Refused(f"502 Active mode ({command}) is disabled on this server; use "
@@ -96,6 +101,7 @@ class DataChannelPolicy(_Base):
         except Refused as refusal:
             self._refuse(command, refusal, line)
             return
+        self.count(command.lower())  # like pasv/epsv: accepted ones; refusals count apart
         # What pyftpdlib's _make_eport does once its own checks pass.
         self._shutdown_connecting_dtp()
         if self.data_channel is not None:

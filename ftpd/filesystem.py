@@ -36,6 +36,11 @@ class ConfinedFS(AbstractedFS):
     def __init__(self, root: str, cmd_channel: Any) -> None:
         super().__init__(root, cmd_channel)
         self._real_root = os.path.realpath(root)
+        # Set after login from [uploads] and the user's overrides. Workers run
+        # with process umask 0, so this is the only mask applied.
+        self.umask = 0o022
+        self.atomic = False
+        self.pending_uploads: dict[str, str] = {}  # temporary name -> final name
 
     def _inside(self, real: str) -> bool:
         root = self._real_root
@@ -72,7 +77,55 @@ class ConfinedFS(AbstractedFS):
 
     def open(self, filename: str, mode: str) -> IO[Any]:
         flags = _OPEN_FLAGS[mode.replace("b", "")]
-        return open(filename, mode, opener=lambda p, _f: self._open_beneath(p, flags))
+        perms = 0o666 & ~self.umask
+        if self.atomic and mode.startswith("w"):
+            return self._open_atomic(filename, mode, perms)
+        return open(filename, mode, opener=lambda p, _f: self._open_beneath(p, flags, perms))
+
+    def _open_atomic(self, filename: str, mode: str, perms: int) -> IO[Any]:
+        """Open a hidden temporary file beside `filename`; commit_upload() renames it."""
+        real = os.path.realpath(filename)
+        if not self._inside(real):
+            raise _outside(filename)
+        if os.path.isdir(real):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", filename)
+        directory, name = os.path.split(filename)
+        for _ in range(100):
+            temp = os.path.join(directory, f".{name}.ftpd-upload-{secrets.token_hex(4)}")
+            try:
+                f = open(temp, mode,
+                         opener=lambda p, _f: self._open_beneath(p, _OPEN_FLAGS["x"], perms))
+            except FileExistsError:
+                continue
+            self.pending_uploads[temp] = real
+            return f
+        raise FileExistsError(errno.EEXIST, "No usable temporary name", filename)
+
+    def commit_upload(self, temp: str) -> None:
+        """Put a completed upload in place (rename within its verified directory)."""
+        final = self.pending_uploads.pop(temp)
+        dir_fd = self._open_dir(os.path.dirname(final))
+        try:
+            os.rename(os.path.basename(temp), os.path.basename(final),
+                      src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def discard_upload(self, temp: str) -> None:
+        """Delete a failed or aborted upload's temporary file."""
+        final = self.pending_uploads.pop(temp, None)
+        if final is None:
+            return
+        dir_fd = self._open_dir(os.path.dirname(final))
+        try:
+            os.unlink(os.path.basename(temp), dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path, 0o777 & ~self.umask)
 
     def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None,
                 mode: str = "wb") -> IO[Any]:
@@ -81,7 +134,8 @@ class ConfinedFS(AbstractedFS):
             name = os.path.join(directory, f"{prefix}{secrets.token_hex(4)}{suffix}")
             try:
                 return open(name, mode,
-                            opener=lambda p, _f: self._open_beneath(p, _OPEN_FLAGS["x"]))
+                            opener=lambda p, _f: self._open_beneath(p, _OPEN_FLAGS["x"],
+                                                                   0o666 & ~self.umask))
             except FileExistsError:
                 continue
         raise FileExistsError(errno.EEXIST, "No usable unique file name found", directory)

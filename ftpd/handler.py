@@ -23,11 +23,13 @@ from pyftpdlib.log import logger as pyftpdlib_logger
 
 from .auth import VirtualAuthorizer
 from .bans import BanTable
+from .datachannel import DataChannelPolicy, handler_attributes
 from .filesystem import ConfinedFS
 from .limits import Limits, SessionTable
 from .logging import event
 from .offload import Offloader
 from .passive import RangePassiveDTP
+from .userpolicy import UserPolicy
 
 log = logging.getLogger("ftpd.session")
 
@@ -53,7 +55,7 @@ class WorkerRuntime:
         return sum(1 for s in self.sessions if s.data_channel is not None)
 
 
-class SessionHandler(FTPHandler):
+class SessionHandler(UserPolicy, DataChannelPolicy, FTPHandler):
     """One control connection. Class attributes are set by build_handler()."""
 
     runtime: WorkerRuntime
@@ -172,7 +174,7 @@ class SessionHandler(FTPHandler):
         self.add_channel()
         table, limits = self.runtime.table, self.runtime.limits
         if ok is True and table is not None and limits is not None:
-            if not table.claim_user(username, limits.per_user):
+            if not table.claim_user(username, self.user_session_limit(username, limits.per_user)):
                 self._event("refused", f"too many sessions for {username!r}", logging.WARNING,
                             reason="too many sessions for this user")
                 self.respond("421 Too many sessions for this user; close one and retry.")
@@ -182,6 +184,7 @@ class SessionHandler(FTPHandler):
         if ok is True:
             self.handle_auth_success(self.authorizer.get_home_dir(username), "",
                                      self.authorizer.get_msg_login(username))
+            self.apply_user_settings(username)
             self._event("login", f"login of {username!r}")
             return
         if isinstance(ok, BaseException):
@@ -195,7 +198,10 @@ class SessionHandler(FTPHandler):
     # --- passive mode
 
     def passive_address(self) -> str | None:
-        """The address to advertise in 227 replies for this client."""
+        """The address to advertise in 227 replies for this client (see nat.py)."""
+        if self.passive_addresses is not None:
+            return self.passive_addresses.address_for(self.remote_ip,
+                                                      self.socket.getsockname()[0])
         return self.masquerade_ip
 
     def count(self, name: str) -> None:
@@ -219,14 +225,6 @@ class SessionHandler(FTPHandler):
             return None
         return super().ftp_STOU(line)
 
-    def ftp_PORT(self, line: str) -> None:
-        self.count("port")
-        super().ftp_PORT(line)
-
-    def ftp_EPRT(self, line: str) -> None:
-        self.count("eprt")
-        super().ftp_EPRT(line)
-
     # --- logging: structured events instead of pyftpdlib's free text
 
     def _event(self, name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -238,7 +236,7 @@ class SessionHandler(FTPHandler):
                      elapsed: float, bytes: int) -> None:
         name = "upload" if receive else "download"
         state = "completed" if completed else "aborted"
-        self._event(name, f"{name} {state}", path=self.fs.fs2ftp(filename) if self.fs else filename,
+        self._event(name, f"{name} {state}", path=self.upload_path(filename),
                     bytes=bytes, duration_ms=int(elapsed * 1000), completed=str(completed).lower(),
                     command=cmd, mode="ascii" if self._current_type == "a" else "binary")
 
@@ -274,6 +272,7 @@ def build_handler(config: Any, runtime: WorkerRuntime, authorizer: VirtualAuthor
         "timeout": config.server.idle_timeout or None,
         "passive_ports": passive_ports,
         "masquerade_ip": masquerade_ip,
-        "permit_foreign_addresses": False,
-        "permit_privileged_ports": False,
+        "upload_umask": int(config.uploads.umask, 8),
+        "atomic_uploads": config.uploads.atomic,
+        **handler_attributes(config),  # PASV/EPSV/PORT/EPRT policies (datachannel.py)
     })

@@ -49,7 +49,7 @@ class SessionTable:
         self._key = os.urandom(16)
         # A lock file shared by fork; lockf locks are per process, so they
         # exclude other workers (an flock on a shared descriptor would not).
-        self._lock_file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the table)
+        self._lock_file = tempfile.TemporaryFile()
         self.slot = -1  # set in each worker
 
     def _offset(self, slot: int, row: int) -> int:

@@ -105,7 +105,9 @@ class FileSink(logging.Handler):
         self.file = self._open()
 
     def _open(self) -> Any:
-        return open(self.path, "a", encoding="utf-8", buffering=1)
+        # An explicit mode: workers run with umask 0.
+        return open(self.path, "a", encoding="utf-8", buffering=1,
+                    opener=lambda path, flags: os.open(path, flags, 0o640))
 
     def reopen(self) -> None:
         old, self.file = self.file, self._open()

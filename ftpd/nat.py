@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +110,12 @@ def resolve_at_start(config: Any) -> dict[str, str]:
                         "(retried every %d s)", config.origin("passive.address"), name,
                         describe(result), config.passive.resolve_interval)
     return resolved
+
+
+def static_address(config: Any, resolved: Mapping[str, str]) -> str | None:
+    """[passive] address as an IPv4 literal (resolved when it is a name), or None."""
+    host = config.passive.address
+    return (host if is_ip_literal(host) else resolved.get(host)) if host else None
 
 
 def _prefix_length(netmask: str) -> int | None:
@@ -254,7 +259,6 @@ class Refresher:
         if self._busy:
             return  # a lookup is still running (slow DNS): never stack them up
         self._busy = True
-        self._started = time.monotonic()
         self.offloader.submit(
             _lookup_job, (self.addresses.names, dict(self.addresses.resolved),
                           self.addresses.local_direct), self._done)

@@ -118,5 +118,62 @@ class RangePassiveDTP(PassiveDTP):
             self.call_later(self.timeout, self.handle_timeout)
 
     def handle_timeout(self) -> None:
-        self.cmd_channel.count("425_timeout")
-        super().handle_timeout()
+        # pyftpdlib answers 421, which clients read as "closing the session",
+        # even when no command waits for the data. Answer only a waiting
+        # LIST/RETR/STOR (it already got its 150), with a 425 saying why.
+        channel = self.cmd_channel
+        port = self.socket.getsockname()[1] if self.socket is not None else 0
+        if channel.connected and _fail_queued(channel, (
+                f"425 No data connection arrived on port {port} within {self.timeout} s: a "
+                "firewall or NAT between you and the server blocks it (the admin must "
+                "forward the passive ports and set [passive] address).")):
+            channel.count("425_timeout")
+        else:
+            channel.count("passive_expired")
+        self.close()
+
+    def handle_accepted(self, sock: Any, addr: Any) -> None:
+        channel = self.cmd_channel
+        if (channel.connected and not channel.permit_foreign_addresses
+                and _same_host(addr[0], channel.remote_ip) is False):
+            # Someone else reached the port first (a scan, or a port thief).
+            # pyftpdlib sends an unsolicited 425 and keeps waiting, which puts
+            # client and server out of step; answer only a waiting command.
+            sock.close()
+            event("data_foreign_rejected",
+                  f"data connection from {addr[0]} to a passive port of this session "
+                  "refused: not the client's address", logging.WARNING,
+                  session=channel.session_id, remote_addr=channel.remote_ip, peer=addr[0])
+            if _fail_queued(channel, f"425 Rejected data connection from foreign address "
+                                     f"{addr[0]}; retry with a new PASV/EPSV."):
+                channel.count("425_foreign_address")
+                self.close()
+            else:
+                channel.count("foreign_data_rejected")
+            return
+        super().handle_accepted(sock, addr)
+
+
+def _same_host(a: str, b: str) -> bool | None:
+    """Whether two peer addresses are the same host (v4-mapped = IPv4); None if unparsable."""
+    try:
+        left, right = ipaddress.ip_address(a.split("%")[0]), ipaddress.ip_address(b.split("%")[0])
+    except ValueError:
+        return None
+    left = getattr(left, "ipv4_mapped", None) or left
+    right = getattr(right, "ipv4_mapped", None) or right
+    return left == right
+
+
+def _fail_queued(channel: Any, reply: str) -> bool:
+    """Answer a transfer command waiting for its data connection with `reply`
+    and forget it; False when nothing waits."""
+    queued_out, queued_in = channel._out_dtp_queue, channel._in_dtp_queue
+    if queued_out is None and queued_in is None:
+        return False
+    channel._out_dtp_queue = channel._in_dtp_queue = None
+    for file in (queued_out[2] if queued_out else None, queued_in[0] if queued_in else None):
+        if file is not None:
+            file.close()
+    channel.respond(reply)
+    return True

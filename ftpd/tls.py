@@ -204,9 +204,15 @@ def _parse_key(pem: bytes, where: str, key: str, path: str, problems: list[Probl
         problems.append(Problem(where, key, f"the private key in {path} is encrypted; ftpd "
                                 "needs it unencrypted (protect it with mode 0600 instead): "
                                 "`openssl pkey -in KEY -out KEY.plain`"))
-    except (ValueError, Exception) as err:  # cryptography raises several types here
-        why = "no PEM private key found" if b"PRIVATE KEY" not in pem else str(err)
-        problems.append(Problem(where, key, f"{path}: {why}"))
+    except Exception as err:  # cryptography raises ValueError and others here
+        if b"PRIVATE KEY" in pem:
+            why = f"{path}: the private key cannot be read: {err}"
+        elif key == "tls.certificate":
+            why = (f"{path} holds no private key (tls.key is empty): set tls.key to the key "
+                   "file, or append the key to the certificate file")
+        else:
+            why = f"{path} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
+        problems.append(Problem(where, key, why))
     return None
 
 

@@ -7,6 +7,10 @@ Format (TOML, written by `ftpd passwd`, editable by hand)::
     root = "/srv/ftp/alice"
     permissions = "elradfmwMT"
 
+Optional per-user overrides: `max_sessions` (concurrent sessions),
+`download_rate` and `upload_rate` (bytes/s), `umask` ("027"), and
+`tls = { require = "none" }`.
+
 Permission letters are pyftpdlib's: e (CWD), l (LIST), r (RETR), a (APPE),
 d (DELE/RMD), f (RNFR/RNTO), m (MKD), w (STOR/STOU), M (SITE CHMOD),
 T (MFMT).
@@ -27,7 +31,8 @@ from .config import Problem
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}"
 PERMISSION_LETTERS = "elradfmwMT"
 DEFAULT_PERMISSIONS = "elr"
-USER_KEYS = ("password", "root", "permissions", "tls")
+USER_KEYS = ("password", "root", "permissions", "tls", "max_sessions", "download_rate",
+             "upload_rate", "umask")
 TLS_REQUIRE = ("none", "login", "all")  # same values as [tls] require
 
 
@@ -38,6 +43,10 @@ class User:
     root: str
     permissions: str
     tls_require: str | None = None  # overrides [tls] require for this user
+    max_sessions: int | None = None  # overrides [server] max_sessions_per_user
+    download_rate: int = 0  # bytes/s, 0 = unlimited
+    upload_rate: int = 0
+    umask: int | None = None  # overrides [uploads] umask
 
 
 class UsersError(Exception):
@@ -113,9 +122,13 @@ def parse(path: str, data: dict[str, Any], check_roots: bool = True) -> dict[str
         elif why_perm := check_permissions(permissions):
             problems.append(Problem(path, f"{key}.permissions", why_perm))
         tls_require = _tls_require(path, key, entry.get("tls"), problems)
+        limits = {k: _count(path, f"{key}.{k}", entry.get(k), problems)
+                  for k in ("max_sessions", "download_rate", "upload_rate")}
+        umask = _umask(path, f"{key}.umask", entry.get("umask"), problems)
         if not any(p.key.startswith(key) for p in problems):
             users[name] = User(name, str(password), os.path.normpath(str(root)), str(permissions),
-                               tls_require)
+                               tls_require, limits["max_sessions"], limits["download_rate"] or 0,
+                               limits["upload_rate"] or 0, umask)
     if problems:
         raise UsersError(problems)
     return users
@@ -138,6 +151,33 @@ def _tls_require(path: str, key: str, value: Any, problems: list[Problem]) -> st
                                 f"of {allowed}"))
         return None
     return require
+
+
+def _count(path: str, key: str, value: Any, problems: list[Problem]) -> int | None:
+    """A non-negative integer override (sessions, bytes/s), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        problems.append(Problem(path, key, f"got {value!r}, expected an integer >= 0"))
+        return None
+    return int(value)
+
+
+def parse_umask(value: Any) -> int:
+    """An octal umask string such as "022"; raises ValueError."""
+    if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+        raise ValueError(f'got {value!r}, expected an octal string such as "022"')
+    return int(value, 8)
+
+
+def _umask(path: str, key: str, value: Any, problems: list[Problem]) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_umask(value)
+    except ValueError as err:
+        problems.append(Problem(path, key, str(err)))
+        return None
 
 
 def load(path: str, check_roots: bool = True) -> dict[str, User]:

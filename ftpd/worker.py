@@ -24,8 +24,9 @@ from typing import Any
 from pyftpdlib.ioloop import AsyncChat, IOLoop
 from pyftpdlib.servers import FTPServer
 
+from . import datachannel
 from . import logging as ftpd_logging
-from .auth import VirtualAuthorizer
+from .auth import Anonymous, VirtualAuthorizer
 from .bans import BanTable
 from .handler import WorkerRuntime, build_handler
 from .limits import Limits, SessionTable
@@ -56,6 +57,7 @@ class WorkerSpec:
     tls: Any = None  # tls.TlsSetup when [tls] certificate is set
     sessions: SessionTable | None = None  # daemon-wide limits; None in unit tests
     bans: BanTable | None = None
+    data: Any = None  # datachannel.DataStart: resolved masquerade names, port-20 helper
 
 
 class _SignalReader(AsyncChat):
@@ -88,10 +90,16 @@ class Worker:
             bans=spec.bans, report=self._send,
             limits=Limits(spec.config.server.max_sessions, spec.config.server.max_sessions_per_ip,
                           spec.config.server.max_sessions_per_user))
-        authorizer = VirtualAuthorizer(spec.config.users.file, spec.users,
-                                       spec.config.users.auth_cache_seconds)
+        anonymous = spec.config.anonymous
+        authorizer = VirtualAuthorizer(
+            spec.config.users.file, spec.users, spec.config.users.auth_cache_seconds,
+            Anonymous(anonymous.root, os.path.join(anonymous.root, anonymous.upload_dir)
+                      if anonymous.upload_dir else "") if anonymous.enabled else None)
         handler = build_handler(spec.config, self.runtime, authorizer, spec.passive_ports,
                                 spec.masquerade_ip)
+        # 227 addresses per client (re-resolved in the background), port-20 helper, stats.
+        self.data_channel = datachannel.start_worker(handler, spec.config, spec.data,
+                                                     self.ioloop, self.offloader, self.runtime)
         pick = handler_for_listener(handler, spec.tls)  # plain, explicit or implicit FTPS
         self.servers = [FTPServer(sock, pick(sock), ioloop=self.ioloop, backlog=BACKLOG)
                         for sock in spec.listeners]
@@ -181,6 +189,8 @@ def run(spec: WorkerSpec, drop_privileges: Any) -> int:
     """Body of a worker process; returns its exit status."""
     try:
         drop_privileges()
+        # Files are created with explicit modes ([uploads] umask, per user).
+        os.umask(0)
         worker = Worker(spec)
     except Exception:
         log.exception("worker %d failed to start", spec.index)

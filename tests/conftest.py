@@ -98,7 +98,7 @@ class Daemon:
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
         deadline = time.monotonic() + timeout

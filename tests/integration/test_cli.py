@@ -110,8 +110,9 @@ def test_serve_with_port_in_use_exits_without_starting_workers(tmp_path):
     busy.listen(1)
     port = busy.getsockname()[1]
     cfg = setup(tmp_path)
-    cfg.write_text(cfg.read_text().replace('listen = ["127.0.0.1:', f'listen = ["127.0.0.1:{port}", '
-                                           '"127.0.0.1:'))
+    text = cfg.read_text()
+    busy_first = f'listen = ["127.0.0.1:{port}", "127.0.0.1:'
+    cfg.write_text(text.replace('listen = ["127.0.0.1:', busy_first))
     before = {p.pid for p in psutil.process_iter()}
     result = _serve(cfg)
     busy.close()

@@ -83,7 +83,7 @@ def test_stou_in_the_root_still_works(jail):
 
 
 def test_listings_do_not_reveal_outside_targets(jail):
-    daemon, client, outside = jail
+    _, client, outside = jail
     lines: list[str] = []
     client.retrlines("LIST", lines.append)
     text = "\n".join(lines)

@@ -111,7 +111,7 @@ def test_workers_exit_when_the_supervisor_dies(make_daemon):
     daemon.expect_failure = True
     os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait(5)
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, alive
 
 

@@ -194,7 +194,8 @@ class Ftpd:
         result = self.container.run("python3", "/mnt/tests/ftpclient.py", *args, check=False,
                                     timeout=timeout * 2 + 10,
                                     env={"FTPCLIENT_TIMEOUT": str(timeout)})
-        lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        lines: list[dict[str, Any]] = [
+            json.loads(line) for line in result.stdout.splitlines() if line.strip()]
         assert lines, f"ftpclient printed nothing; stderr: {result.stderr}"
         return lines[-1]
 

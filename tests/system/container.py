@@ -319,8 +319,9 @@ class Container:
         return subprocess.Popen(self._command(args, env), stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-euc", script, **kwargs)  # type: ignore[arg-type]
+    def sh(self, script: str, check: bool = True,
+           timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-euc", script, check=check, timeout=timeout)
 
     def write(self, path: str, content: str, mode: str = "0644") -> None:
         self.run("install", "-D", "-m", mode, "/dev/stdin", path, input=content)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, Ftpd
-from .container import Container
+from .conftest import Ftpd
+from .container import REPO, Container
 
 pytestmark = pytest.mark.system
 

@@ -186,8 +186,11 @@ def test_socket_activation(ftpd: Ftpd) -> None:
     assert banner["banner"].startswith("220")
     wait_for(lambda: ftpd.state() == "active", timeout=10, what="ftpd.service to start")
     main_pid = ftpd.main_pid()
-    # Accept=no: the same daemon serves the next connections.
-    assert ftpd.client("login", *ftpd.login_args())["event"] == "done"
+    # Accept=no: the same daemon serves the next connections, data included
+    # (the socket is dual-stack [::]:21, the client comes over IPv4).
+    up = ftpd.client("upload", *ftpd.login_args(), "activated.bin", "100000")
+    assert up["event"] == "done", up
+    assert up["sha256"] == sha256_inside(ftpd, f"{FTP_ROOT}/activated.bin")
     assert ftpd.main_pid() == main_pid
     assert ftpd.container.show("ftpd.service", "NRestarts") == "0"
     listeners = ftpd.container.run("ss", "-Hltnp", "sport = :21").stdout
