@@ -124,8 +124,87 @@ class ConfinedFS(AbstractedFS):
         finally:
             os.close(dir_fd)
 
+    # Every operation below works on the last component of a path relative to
+    # a descriptor of its parent directory that was verified after opening, so
+    # a symlink swapped in after the command's path check cannot lead out.
+
+    def _beneath(self, path: str) -> tuple[int, str]:
+        """(verified parent directory descriptor, last component) of `path`."""
+        directory, name = os.path.split(os.path.normpath(path))
+        if name in ("", ".", ".."):
+            raise PermissionError(errno.EACCES, "Invalid path", path)
+        return self._open_dir(directory), name
+
     def mkdir(self, path: str) -> None:
-        os.mkdir(path, 0o777 & ~self.umask)
+        dir_fd, name = self._beneath(path)
+        try:
+            os.mkdir(name, 0o777 & ~self.umask, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def rmdir(self, path: str) -> None:
+        dir_fd, name = self._beneath(path)
+        try:
+            os.rmdir(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove(self, path: str) -> None:
+        dir_fd, name = self._beneath(path)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        src_fd, src_name = self._beneath(src)
+        try:
+            dst_fd, dst_name = self._beneath(dst)
+            try:
+                os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    def _open_node(self, path: str) -> int:
+        """A read-only descriptor of the file or directory itself (never a link's target)."""
+        real = os.path.realpath(path)
+        if not self._inside(real):
+            raise _outside(path)
+        dir_fd, name = self._beneath(real) if real != self._real_root else (
+            self._open_dir(real), ".")
+        try:
+            return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                           dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def chmod(self, path: str, mode: int) -> None:
+        fd = self._open_node(path)
+        try:
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+    def utime(self, path: str, timeval: float) -> None:
+        fd = self._open_node(path)
+        try:
+            os.utime(fd, (timeval, timeval))
+        finally:
+            os.close(fd)
+
+    def listdir(self, path: str) -> list[str]:
+        real = os.path.realpath(path)
+        if not self._inside(real):
+            raise _outside(path)
+        fd = self._open_dir(real)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    listdirinfo = listdir
 
     def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None,
                 mode: str = "wb") -> IO[Any]:

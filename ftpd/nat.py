@@ -276,12 +276,12 @@ class Refresher:
             old = change.old or "the local address"
             event("passive_address_changed",
                   f"passive address {change.name} changed from {old} to {change.new}",
-                  level, name=change.name, old=change.old or "", new=change.new,
+                  level, host=change.name, old=change.old or "", new=change.new,
                   worker=self.worker)
         for name in [n for n in results if n not in failures and n in self._failing]:
             self._failing.discard(name)
             event("passive_address_resolved", f"{name} resolves again",
-                  level, name=name, address=self.addresses.resolved.get(name), worker=self.worker)
+                  level, host=name, address=self.addresses.resolved.get(name), worker=self.worker)
         for name, err in failures.items():
             if name in self._failing:
                 continue  # said once per outage, not every interval
@@ -291,4 +291,4 @@ class Refresher:
             event("passive_address_unresolved",
                   f"cannot resolve passive address {name} ({describe(err)}); {keeping}",
                   logging.WARNING if self.worker == 0 else logging.DEBUG,
-                  name=name, kept=kept or "", worker=self.worker)
+                  host=name, kept=kept or "", worker=self.worker)

@@ -16,7 +16,7 @@ import resource
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .settings import Endpoint
@@ -132,6 +132,34 @@ def raise_open_files_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+# --- session jails (`[users] isolation = "process"`, see isolation.py)
+
+def enter_jail(root: str, uid: int, gid: int, groups: Sequence[int]) -> None:
+    """chroot(2) into `root` and become uid/gid/groups for good.
+
+    Called in a session process, as root, after everything that needs the
+    host's files (name service, log sockets) is open. Raises if any step
+    fails or if root could be regained afterwards.
+    """
+    if uid == 0:
+        raise RuntimeError("refusing to jail a session as uid 0: root can leave a chroot")
+    os.chroot(root)
+    os.chdir("/")  # no working directory outside the jail
+    os.setgroups(list(groups))
+    os.setgid(gid)  # as root: real, effective and saved ids
+    os.setuid(uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or \
+            sorted(set(os.getgroups())) != sorted(set(groups)):
+        raise RuntimeError("credentials differ from the ones set")
+    for attempt in (lambda: os.setuid(0), lambda: os.seteuid(0), lambda: os.setgroups([0]),
+                    lambda: os.chroot("/")):  # the last one needs CAP_SYS_CHROOT
+        try:
+            attempt()
+        except PermissionError:
+            continue
+        raise RuntimeError("a privileged operation still succeeds after the drop")
 
 
 # --- privileged data source ports (`[active] connect_from_port_20`)

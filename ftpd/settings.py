@@ -414,6 +414,9 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM private key (unencrypted); \"\" = the key is in the certificate file."),
     Setting("tls", "min_version", choice("1.2", "1.3"), "1.2",
             "Oldest TLS version accepted."),
+    Setting("tls", "max_version", choice("1.2", "1.3"), "1.3",
+            'Newest TLS version offered; "1.2" works around clients that lose TLS 1.3 '
+            "uploads (docs/tls.md)."),
     Setting("tls", "ciphers", text(1024, r"[A-Za-z0-9+:!@=_.-]+", "an OpenSSL cipher list"),
             "ECDHE+AESGCM:ECDHE+CHACHA20",
             "OpenSSL cipher list for TLS 1.2 (TLS 1.3 always uses its AEAD suites)."),

@@ -43,7 +43,7 @@ EXPIRY_WARNING_DAYS = 14
 # idle timeout instead, so a day is plenty.
 SESSION_LIFETIME = 86400
 SESSION_ID_CONTEXT = b"ftpd"  # needed for server-side resumption; same for all contexts
-MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 # Compression (CRIME) and renegotiation (a cheap CPU DoS) are never wanted.
 OPTIONS = (SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
            | getattr(SSL, "OP_NO_RENEGOTIATION", 0))
@@ -61,6 +61,7 @@ class TlsSetup:
     chain: tuple[x509.Certificate, ...]
     key: Any  # a cryptography private key
     min_version: str
+    max_version: str
     ciphers: str
     require: str
     session_reuse: str
@@ -71,7 +72,8 @@ class TlsSetup:
     def context(self) -> SSL.Context:
         """A new server context; call once per worker, or per session for reuse checks."""
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(MIN_VERSIONS[self.min_version])
+        ctx.set_min_proto_version(VERSIONS[self.min_version])
+        ctx.set_max_proto_version(VERSIONS[self.max_version])
         ctx.set_options(OPTIONS)
         ctx.set_cipher_list(self.ciphers.encode("ascii"))
         ctx.use_certificate(self.chain[0])
@@ -107,6 +109,10 @@ def static_problems(config: Config) -> list[Problem]:
         for key, what in needs:
             problems.append(Problem(config.origin(key), key,
                                     f"{what} needs a certificate: set tls.certificate"))
+    if tls.min_version > tls.max_version:  # "1.2" < "1.3" as strings too
+        problems.append(Problem(config.origin("tls.max_version"), "tls.max_version",
+                                f"{tls.max_version} is below tls.min_version "
+                                f"({tls.min_version}); raise max_version or lower min_version"))
     both = set(tls.implicit_listen) & set(config.server.listen)
     for endpoint in sorted(both, key=str):
         problems.append(Problem(
@@ -146,6 +152,7 @@ def inspect(config: Config, now: datetime.datetime | None = None) -> Inspection:
     if result.problems or key is None:
         return result
     setup = TlsSetup(chain=chain, key=key, min_version=config.tls.min_version,
+                     max_version=config.tls.max_version,
                      ciphers=config.tls.ciphers, require=config.tls.require,
                      session_reuse=config.tls.session_reuse,
                      implicit=config.tls.implicit_listen,

@@ -314,8 +314,10 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
 
     # --- policy: RFC 4217 refusals
 
-    def required_level(self, username: str) -> str:
+    def required_level(self, username: str, fresh: bool = False) -> str:
         """'none', 'login' or 'all' for `username` (the server's default if unknown)."""
+        if fresh:  # at login: see an override `ftpd passwd` or an admin just wrote
+            self.authorizer.refresh()
         user = self.authorizer.user(username) if username else None
         override = user.tls_require if user is not None else None
         return override or self.tls_setup.require
@@ -323,7 +325,7 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
     def process_command(self, cmd: str, *args: Any, **kwargs: Any) -> None:
         if cmd in ("USER", "PASS") and not self._ssl_established:
             name = args[0] if cmd == "USER" else self.username
-            if self.required_level(name) != "none":
+            if self.required_level(name, fresh=True) != "none":
                 self.respond(REPLY_LOGIN_NEEDS_TLS)
                 self.log_cmd(cmd, "", 530, REPLY_LOGIN_NEEDS_TLS[4:])
                 self.tls_event("tls_required", "login without TLS refused", logging.INFO,

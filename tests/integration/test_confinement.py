@@ -106,3 +106,59 @@ def test_links_inside_the_root_work(jail):
 def test_nul_byte_in_a_path(jail):
     _, client, _ = jail
     assert refused(client.sendcmd, "SIZE sub/ok.txt\x00x").startswith("501")
+
+
+def test_overlong_and_non_utf8_paths(jail):
+    _, client, _ = jail
+    deep = "../" * 600 + "outside/secret.txt"  # 1818 characters, under the 2048 cap
+    refused(retr, client, deep)
+    # Invalid UTF-8 is decoded with replacement characters: just a missing file.
+    client.sock.sendall(b"SIZE \xff\xfe/../outside/secret.txt\r\n")
+    with pytest.raises(ftplib.error_perm, match="550"):
+        client.getresp()
+    client.sock.sendall(b"CWD " + b"a" * 3000 + b"\r\nNOOP\r\n")
+    replies = [client.getline() for _ in range(3)]
+    assert any(r.startswith("500 Command too long") for r in replies)
+    assert client.voidcmd("NOOP").startswith("200")
+
+
+def test_symlink_swapped_in_during_commands_never_leads_out(jail):
+    """A directory raced against a symlink to outside while files are stored and read."""
+    import threading
+
+    daemon, client, outside = jail
+    swap = daemon.root / "swap"
+    real = daemon.root / "real"
+    real.mkdir()
+    (real / "secret.txt").write_bytes(b"inside")
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            for target in (real, outside):
+                tmp = daemon.root / ".swap.tmp"
+                try:
+                    tmp.unlink()
+                except FileNotFoundError:
+                    pass
+                tmp.symlink_to(target)
+                os.replace(tmp, swap)
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        for i in range(40):
+            try:
+                client.storbinary(f"STOR swap/new{i}", io.BytesIO(b"pwned"))
+            except ftplib.error_perm:
+                pass
+            out = io.BytesIO()
+            try:
+                client.retrbinary("RETR swap/secret.txt", out.write)
+            except ftplib.error_perm:
+                pass
+            assert out.getvalue() in (b"", b"inside"), "read a file outside the root"
+    finally:
+        stop.set()
+        flipper.join(5)
+    # The jail fixture asserts nothing was written outside.

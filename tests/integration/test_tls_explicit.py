@@ -65,13 +65,18 @@ def test_curl_and_lftp(make_daemon, ca, tmp_path):
     listing = curl("--ssl-reqd", *auth, url)
     assert b"curl.bin" in listing.stdout
 
-    result = lftp(f"set ftp:ssl-force true; set ftp:ssl-protect-data true; "
-                  f"set ssl:ca-file {ca.path}; "
-                  f"open -u alice,{PASSWORD} -p {daemon.port} 127.0.0.1; "
-                  f"put {upload} -o lftp.bin; cat hello.txt")
+    # lftp (GnuTLS) never reads the TLS 1.3 session tickets the server sends on
+    # an upload's data connection, so its kernel may reset the connection and
+    # drop the tail (see test_tls_reuse.py): uploads over TLS 1.2, reads over 1.3.
+    login = f"open -u alice,{PASSWORD} -p {daemon.port} 127.0.0.1; "
+    common = f"set ftp:ssl-force true; set ftp:ssl-protect-data true; set ssl:ca-file {ca.path}; "
+    result = lftp(common + 'set ssl:priority "NORMAL:-VERS-TLS1.3"; ' + login
+                  + f"put {upload} -o lftp.bin")
     assert result.returncode == 0, result.stderr
-    assert "hello over tls" in result.stdout
     assert (daemon.root / "lftp.bin").read_bytes() == upload.read_bytes()
+    result = lftp(common + login + "cat hello.txt; ls")
+    assert result.returncode == 0, result.stderr
+    assert "hello over tls" in result.stdout and "lftp.bin" in result.stdout
 
     log = daemon.wait_log(r"event=disconnect .*tls_version=TLSv1.2")
     assert "event=tls_reuse_missing" not in log  # curl and lftp resume the session
