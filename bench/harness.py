@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import debs, report, servers, system, throughput
-from bench.guard import require_loopback
+from bench.guard import NotLoopbackError, require_loopback
 from bench.loadgen import DEFAULT_POLICY
 from bench.profiles import PROFILES, Profile
 from bench.stats import aggregate_storms
@@ -117,23 +117,35 @@ class Loadgen:
     def hold(self, steps: list[int], concurrency: int, server: servers.RunningServer,
              target: int) -> list[dict[str, Any]]:
         """Step up idle sessions; PSS of the server's tree is read at every step."""
+        errlog = (server.log_path.parent / "loadgen-hold.err").open("wb")
         proc = self.children.popen(
             [*self.base, "hold", *self.common, "--steps", ",".join(map(str, steps)),
              "--concurrency", str(concurrency)],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            stdin=subprocess.PIPE)
+            env=self.env, stdout=subprocess.PIPE, stderr=errlog, stdin=subprocess.PIPE)
+        errlog.close()
         assert proc.stdout is not None and proc.stdin is not None
         lines: queue.Queue[bytes] = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(b) for b in proc.stdout or []],
                                   daemon=True)
         reader.start()
+
+        def next_record() -> dict[str, Any]:
+            deadline = time.monotonic() + HOLD_STEP_TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    return dict(json.loads(lines.get(timeout=1.0)))
+                except queue.Empty:
+                    if proc.poll() is not None and lines.empty():
+                        tail = (server.log_path.parent / "loadgen-hold.err").read_text(
+                            errors="replace")[-800:]
+                        raise RuntimeError(f"loadgen hold exited ({proc.returncode}): "
+                                           f"{tail}") from None
+            raise RuntimeError("hold step overran its time")
+
         records: list[dict[str, Any]] = []
         try:
             for _ in steps:
-                try:
-                    record = json.loads(lines.get(timeout=HOLD_STEP_TIMEOUT_S))
-                except queue.Empty:
-                    raise RuntimeError("hold step overran its time") from None
+                record = next_record()
                 server.remember_tree()
                 pss, count = system.tree_pss_kib(server.pid)
                 record.update(server_pss_kib=pss, server_processes=count)
@@ -171,11 +183,11 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Child
         loadgen = Loadgen(children, ctx.host, ctx.port, ctx.user)
 
         def step(label: str, func: Any) -> Any:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited ({server.proc.returncode}) before {label}: "
-                                   f"{server.log_tail(500)}")
             log(f"{name}: {label}")
             try:
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({server.proc.returncode}): "
+                                       f"{server.log_tail(500)}")
                 return func()
             except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
                 result["errors"].append(f"{label}: {exc}")
@@ -260,7 +272,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    host = require_loopback(args.host)
+    try:
+        host = require_loopback(args.host)
+    except NotLoopbackError as exc:
+        raise SystemExit(str(exc)) from None
     if ":" in host:
         raise SystemExit("the peers are configured for IPv4: use a 127.0.0.0/8 address")
     if os.geteuid() != 0:
@@ -277,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("ftpd is not installed: pip install -e . (or --ftpd PATH, or "
                          "--servers without ftpd)")
     low, _, high = args.pasv.partition("-")
+    if not (low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
+        raise SystemExit("--pasv wants FIRST-LAST within 1024-65535")
     pasv = (int(low), int(high))
     profile = PROFILES["quick" if args.quick else "full"]
     if args.reps is not None:
@@ -350,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         children.cleanup()
         if user is not None:
-            system.remove_user(user)
+            problem = system.remove_user(user)
+            if problem:
+                log(f"warning: {problem}")
         if workroot is not None:
             subprocess.run(["rm", "-rf", "--one-file-system", str(workroot)], check=False)
     return 0

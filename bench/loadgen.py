@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.guard import require_loopback
+from bench.guard import is_loopback_literal, require_loopback
 from bench.stats import latency_summary
 
 OP_TIMEOUT_S = 30.0  # one session (or one login) must finish within this
@@ -211,7 +211,8 @@ async def transfer(ctl: Control, target: Target, command: str) -> int:
     else:
         _, text = await ctl.cmd("PASV", 227)
         host, port = parse_pasv(text)
-        require_loopback(host)
+        if not is_loopback_literal(host):  # never follow a reply off this machine
+            raise FtpError("PASV address not loopback")
     reader, writer = await asyncio.open_connection(host, port)
     received = 0
     try:
@@ -244,7 +245,7 @@ async def one_session(target: Target) -> tuple[float, float]:
 
 @dataclass
 class Usage:
-    """The generator's own CPU use between start() and the report."""
+    """The generator's own CPU use from creation to report()."""
 
     wall0: float = field(default_factory=time.perf_counter)
     cpu0: float = field(default_factory=time.process_time)

@@ -44,9 +44,15 @@ class BenchUser:
         return self.home / "up"
 
 
-def _remove_account(name: str) -> None:
-    subprocess.run(["userdel", name], check=False, capture_output=True)
+def _remove_account(name: str) -> str | None:
+    """userdel (and groupdel if the group survived); an error message or None."""
+    result = subprocess.run(["userdel", name], check=False, capture_output=True, text=True)
     subprocess.run(["groupdel", name], check=False, capture_output=True)
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return None
+    return f"userdel {name} failed: {result.stderr.strip()}"
 
 
 def remove_leftover_user(name: str = USER) -> None:
@@ -60,7 +66,9 @@ def remove_leftover_user(name: str = USER) -> None:
             f"user {name!r} exists and was not made by the benchmark; refusing to touch it"
         )
     home = Path(entry.pw_dir)
-    _remove_account(name)
+    problem = _remove_account(name)
+    if problem:
+        raise RuntimeError(f"leftover benchmark user: {problem}")
     if home.parent == HOME_PARENT and home.name.startswith(HOME_PREFIX):
         shutil.rmtree(home, ignore_errors=True)
 
@@ -100,10 +108,12 @@ def create_user(name: str = USER) -> BenchUser:
     return user
 
 
-def remove_user(user: BenchUser) -> None:
-    _remove_account(user.name)
+def remove_user(user: BenchUser) -> str | None:
+    """Remove the account and its home; an error message if the account could not go."""
+    problem = _remove_account(user.name)
     if user.home.parent == HOME_PARENT and user.home.name.startswith(HOME_PREFIX):
         shutil.rmtree(user.home, ignore_errors=True)
+    return problem
 
 
 def write_big_file(path: Path, size: int) -> None:

@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 
 from . import config as config_mod
-from . import datachannel, nat
+from . import datachannel, isolation, nat
 from . import logging as ftpd_logging
 from . import tls as tls_mod
 from . import users as users_mod
@@ -70,7 +70,9 @@ class FtpApp:
                           worker_account(config.server.user, config.server.group,
                                          config.origin("server.user")), tls_setup, resolved)
         probe, self.loaded_once = not self.loaded_once, True
-        for warning in [*config_mod.warnings(config, probe_ports=probe), *tls_warnings]:
+        isolation_warnings = isolation.startup_warnings(config)  # raises if unusable
+        for warning in [*config_mod.warnings(config, probe_ports=probe), *tls_warnings,
+                        *isolation_warnings]:
             log.warning("%s", warning)
         endpoints = tuple(self.activated) or config.server.listen
         endpoints += tuple(e for e in config.tls.implicit_listen if e not in endpoints)
@@ -98,13 +100,17 @@ class FtpApp:
             users=payload.users,
             passive_ports=worker_slice(payload.config.passive.ports, plan.workers, index),
             masquerade_ip=payload.masquerade_ip, report=report, master_pid=os.getppid(),
-            tls=payload.tls, sessions=self.sessions, bans=self.failures.table)
+            tls=payload.tls, sessions=self.sessions, bans=self.failures.table,
+            session_account=payload.account)
+        # In process isolation workers keep root (they chroot and setuid
+        # every session): no drop, and no port-20 helper.
+        account = isolation.worker_account(payload.config, payload.account)
         # Forked here, still privileged, when workers need port 20 after their drop.
         binder = datachannel.start_binder(payload.config, (e.port for e in plan.endpoints),
-                                          dropping=payload.account is not None)
+                                          dropping=account is not None)
         spec.data = datachannel.DataStart(payload.resolved, binder)
         try:
-            return worker_mod.run(spec, dropper(payload.account))
+            return worker_mod.run(spec, dropper(account))
         finally:
             if binder is not None:
                 binder.close()  # no helper outlives its worker

@@ -43,6 +43,10 @@ class BanTable:
         self._map = mmap.mmap(-1, capacity * _ENTRY.size)
         self._key = os.urandom(16)
 
+    def unmap(self) -> None:
+        """Drop this process's view (a jailed session process must not reach it)."""
+        self._map.close()
+
     def _digest(self, ip: str) -> bytes:
         return hashlib.blake2b(normalize(ip).encode(), key=self._key, digest_size=16).digest()
 

@@ -143,6 +143,9 @@ def _cross_check(config: Config) -> list[Problem]:
     from .tls import static_problems as tls_problems  # tls imports this module
 
     problems.extend(tls_problems(config))
+    from .isolation import config_problems as isolation_problems
+
+    problems.extend(isolation_problems(config))
     return problems
 
 

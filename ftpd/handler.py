@@ -50,6 +50,7 @@ class WorkerRuntime:
     sessions: set[Any] = field(default_factory=set)
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     stopping: bool = False
+    isolation: Any = None  # isolation.IsolatedSessions when [users] isolation = "process"
 
     def transfers(self) -> int:
         return sum(1 for s in self.sessions if s.data_channel is not None)
@@ -182,10 +183,11 @@ class SessionHandler(UserPolicy, DataChannelPolicy, FTPHandler):
                 return
             self._counted_user = username
         if ok is True:
-            self.handle_auth_success(self.authorizer.get_home_dir(username), "",
-                                     self.authorizer.get_msg_login(username))
-            self.apply_user_settings(username)
-            self._event("login", f"login of {username!r}")
+            if self.runtime.isolation is not None:
+                # Its own jailed process calls complete_login() (isolation.py).
+                self.runtime.isolation.hand_over(self, username)
+            else:
+                self.complete_login(username, self.authorizer.get_home_dir(username))
             return
         if isinstance(ok, BaseException):
             log.error("password check for %r failed: %r", username, ok)
@@ -194,6 +196,12 @@ class SessionHandler(UserPolicy, DataChannelPolicy, FTPHandler):
         if self.runtime.report is not None:
             self.runtime.report(f"fail {self.client_ip()}")
         self.handle_auth_failed("Authentication failed.", "")
+
+    def complete_login(self, username: str, home: str, **fields: Any) -> None:
+        """The 230 reply and the session's file system rooted at `home`."""
+        self.handle_auth_success(home, "", self.authorizer.get_msg_login(username))
+        self.apply_user_settings(username)
+        self._event("login", f"login of {username!r}", **fields)
 
     # --- passive mode
 

@@ -105,6 +105,11 @@ class SessionTable:
     def sessions(self) -> int:
         return self._sum(0)
 
+    def unmap(self) -> None:
+        """Drop this process's view (a jailed session process must not reach it)."""
+        self._map.close()
+        self._lock_file.close()
+
     def clear_slot(self, slot: int) -> None:
         """Forget what a dead worker held (called on the supervisor's side)."""
         zero = _CELL.pack(0)

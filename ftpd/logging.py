@@ -12,10 +12,8 @@ The line for failed logins is a stable interface (fail2ban matches it).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
 import time
 from typing import Any, TextIO
@@ -23,15 +21,6 @@ from typing import Any, TextIO
 from . import logsinks
 
 events = logging.getLogger("ftpd.events")
-
-_BARE = re.compile(r"[A-Za-z0-9_.:/@+\-\[\]]+")
-
-
-def quote(value: Any) -> str:
-    """A logfmt value: bare when safe, JSON-quoted otherwise (escapes controls)."""
-    text = value if isinstance(value, str) else str(value)
-    return text if _BARE.fullmatch(text) else json.dumps(text)
-
 
 def event(name: str, message: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log one event; fields whose value is None are left out."""
@@ -51,10 +40,7 @@ class LogfmtFormatter(logging.Formatter):
         if self.with_time:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             head = f"{stamp}Z {head}"
-        name = getattr(record, "ftp_event", None)
-        if name:
-            fields: dict[str, Any] = getattr(record, "ftp_fields", {})
-            head += " event=" + name + "".join(f" {k}={quote(v)}" for k, v in fields.items())
+        head += logsinks.logfmt(record)
         if record.exc_info:
             head += "\n" + self.formatException(record.exc_info)
         return head

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -31,6 +32,24 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+\-\[\]]+")
+
+
+def quote(value: Any) -> str:
+    """A logfmt value: bare when safe, JSON-quoted otherwise (escapes controls)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if _BARE.fullmatch(text) else json.dumps(text)
+
+
+def logfmt(record: logging.LogRecord) -> str:
+    """ " event=NAME key=value ..." for an event record, "" otherwise."""
+    name = getattr(record, "ftp_event", None)
+    if not name:
+        return ""
+    fields: dict[str, Any] = getattr(record, "ftp_fields", {})
+    return " event=" + name + "".join(f" {k}={quote(v)}" for k, v in fields.items())
+
+
 def message_id(event: str) -> str:
     """A stable MESSAGE_ID (128-bit, hex) for an event type."""
     return uuid.uuid5(_NAMESPACE, f"ftpd.{event}").hex
@@ -38,7 +57,9 @@ def message_id(event: str) -> str:
 
 def journal_fields(record: logging.LogRecord) -> dict[str, str]:
     fields = {
-        "MESSAGE": record.getMessage(),
+        # The logfmt tail stays in MESSAGE: fail2ban's systemd backend and
+        # plain `journalctl` readers see only MESSAGE.
+        "MESSAGE": record.getMessage() + logfmt(record),
         "PRIORITY": str(_PRIORITY.get(record.levelno, 6)),
         "SYSLOG_IDENTIFIER": "ftpd",
         "LOGGER": record.name,
@@ -84,10 +105,21 @@ class JournalHandler(logging.Handler):
         super().__init__()
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.pinned = False
+
+    def pin(self) -> None:
+        """Connect now: a session process keeps logging after its chroot(2),
+        where the socket's path no longer resolves (isolation.py)."""
+        self.sock.connect(self.path)
+        self.pinned = True
 
     def emit(self, record: logging.LogRecord) -> None:
+        data = _encode(journal_fields(record))
         try:
-            self.sock.sendto(_encode(journal_fields(record)), self.path)
+            if self.pinned:
+                self.sock.send(data)
+            else:
+                self.sock.sendto(data, self.path)
         except OSError:
             self.handleError(record)
 

@@ -383,6 +383,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Virtual users file, written by `ftpd passwd`."),
     Setting("users", "auth_cache_seconds", integer(0, 3600), 60,
             "Seconds a successful password check is remembered (keyed hash; 0 = never)."),
+    Setting("users", "system", boolean(), False,
+            "Let the accounts of this host log in too (names not in the users file), "
+            'checked by PAM; needs isolation = "process".'),
+    Setting("users", "isolation", choice("shared", "process"), "shared",
+            '"shared": sessions share their worker process, confined in user space; '
+            '"process": after login each session gets a process of its own, chroot(2)ed '
+            "to the user's root and running as the user (system accounts) or as "
+            "server.user (virtual users). Needs root."),
+    Setting("users", "pam_service", text(64, r"[A-Za-z0-9_.+-]+", "a PAM service name"),
+            "ftpd", "PAM service for system accounts: the stack in /etc/pam.d/<name>."),
+    Setting("users", "deny_file", path_kind(optional=True), "/etc/ftpusers",
+            'System accounts listed here (one name a line, # comments) may not log in; '
+            'root never may ("" = no file).'),
+    Setting("users", "system_permissions", text(10, r"[elradfmwMT]+",
+                                                'permission letters from "elradfmwMT"'),
+            "elradfmwMT", "Permissions of system accounts in their home (users file letters)."),
     Setting("security", "max_login_failures", integer(0, 1000), 5,
             "Failed logins from one address within failure_window that ban it (0 = never)."),
     Setting("security", "failure_window", integer(1, 86400), 600,

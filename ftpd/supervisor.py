@@ -110,8 +110,15 @@ class ProcessOps:
         return time.monotonic()
 
     def wait(self, sockets: list[socket.socket], timeout: float) -> list[socket.socket]:
-        readable, _, _ = select.select(sockets, [], [], timeout)
-        return readable
+        poller = select.poll()  # not select(): no limit on descriptor numbers
+        by_fd = {s.fileno(): s for s in sockets}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        try:
+            events = poller.poll(timeout * 1000)
+        except InterruptedError:
+            return []
+        return [by_fd[fd] for fd, _ in events]
 
     def exit_child(self, status: int) -> None:
         os._exit(status)
@@ -370,6 +377,8 @@ class Supervisor:
             worker.kill_at = min(worker.kill_at or deadline, deadline)
 
     def reload(self) -> None:
+        if self.stopping:
+            return
         log.info("reloading configuration")
         self.notifier.reloading()
         try:

@@ -42,6 +42,7 @@ from .tls import TlsSetup
 
 log = logging.getLogger("ftpd.tls")
 
+_RESET = (errno.ECONNRESET, errno.ECONNABORTED)
 # Commands that open a data connection; PASV/PORT only prepare one.
 _TRANSFER_COMMANDS = frozenset({"LIST", "NLST", "MLSD", "RETR", "STOR", "STOU", "APPE"})
 
@@ -111,9 +112,21 @@ class _ResetAwareDTP(DTPHandler):
         try:
             return super().recv(buffer_size)  # type: ignore[no-any-return]
         except SSL.SysCallError as err:
-            if err.args and err.args[0] in (errno.ECONNRESET, errno.ECONNABORTED):
+            if err.args and err.args[0] in _RESET:
                 self._reset = True
             raise  # SSLConnectionMixin.recv turns it into handle_close()
+
+    def handle_close(self) -> None:
+        # The IOLoop calls this directly for an error event without a read
+        # event: a reset seen before the rest of the data was read.
+        if self.receive and not self._closed:
+            try:
+                error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except (OSError, SSL.Error):
+                error = 0
+            if error in _RESET:
+                self._reset = True
+        super().handle_close()
 
 
 class TlsDataChannel(TLS_DTPHandler, _ResetAwareDTP):

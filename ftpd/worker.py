@@ -24,7 +24,7 @@ from typing import Any
 from pyftpdlib.ioloop import AsyncChat, IOLoop
 from pyftpdlib.servers import FTPServer
 
-from . import datachannel
+from . import datachannel, isolation
 from . import logging as ftpd_logging
 from .auth import Anonymous, VirtualAuthorizer
 from .bans import BanTable
@@ -58,6 +58,7 @@ class WorkerSpec:
     sessions: SessionTable | None = None  # daemon-wide limits; None in unit tests
     bans: BanTable | None = None
     data: Any = None  # datachannel.DataStart: resolved masquerade names, port-20 helper
+    session_account: Any = None  # privileges.Account virtual users' jailed sessions run as
 
 
 class _SignalReader(AsyncChat):
@@ -95,6 +96,13 @@ class Worker:
             spec.config.users.file, spec.users, spec.config.users.auth_cache_seconds,
             Anonymous(anonymous.root, os.path.join(anonymous.root, anonymous.upload_dir)
                       if anonymous.upload_dir else "") if anonymous.enabled else None)
+        if spec.config.users.system:
+            from .pam import SystemAuthorizer  # loads libpam
+
+            authorizer = SystemAuthorizer.from_config(spec.config, authorizer)
+        if spec.config.users.isolation == "process":
+            self.runtime.isolation = isolation.IsolatedSessions(spec.config,
+                                                                spec.session_account)
         handler = build_handler(spec.config, self.runtime, authorizer, spec.passive_ports,
                                 spec.masquerade_ip)
         # 227 addresses per client (re-resolved in the background), port-20 helper, stats.
@@ -113,6 +121,8 @@ class Worker:
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT,
                        signal.SIGHUP):
             signal.signal(signum, _ignore)  # the byte on the wake-up fd does the work
+        if self.runtime.isolation is not None:
+            signal.signal(signal.SIGCHLD, _ignore)  # a session process ended: reap it
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
         self._deadline: float | None = None
         self.ioloop.call_every(HEARTBEAT_INTERVAL, self._heartbeat)
@@ -140,6 +150,9 @@ class Worker:
             self.ioloop.close()
             return
         sessions = len(self.runtime.sessions)
+        if self.runtime.isolation is not None:
+            self.runtime.isolation.reap()  # in case a SIGCHLD was coalesced
+            sessions += self.runtime.isolation.count()
         self._send(f"hb {sessions} {self.runtime.transfers()}")
 
     # --- stop and retire
@@ -151,6 +164,8 @@ class Worker:
             self._begin_drain(stopping=False)
         elif signum == signal.SIGUSR1:
             ftpd_logging.reopen()
+        elif signum == signal.SIGCHLD and self.runtime.isolation is not None:
+            self.runtime.isolation.reap()
         # SIGINT/SIGHUP reach the whole process group from a terminal: the
         # supervisor decides what they mean and tells us.
 
@@ -165,10 +180,13 @@ class Worker:
             for session in list(self.runtime.sessions):
                 if session.idle():
                     session.shut_down()
+        if self.runtime.isolation is not None:
+            self.runtime.isolation.drain(stopping)  # session processes do the same
         self.ioloop.call_later(0.1, self._check_drained)
 
     def _check_drained(self) -> None:
-        if not self.runtime.sessions:
+        isolated = self.runtime.isolation
+        if not self.runtime.sessions and not (isolated is not None and isolated.count()):
             self.ioloop.close()
         elif self._deadline is not None and time.monotonic() >= self._deadline:
             log.warning("worker %d: shutdown_timeout reached, closing %d sessions",
@@ -176,6 +194,8 @@ class Worker:
             for session in list(self.runtime.sessions):
                 session.respond("421 Server shutting down.")
                 session.close()
+            if isolated is not None:
+                isolated.stop_all()  # they had the same deadline; kill what is left
             self.ioloop.close()
         else:
             self.ioloop.call_later(0.2, self._check_drained)

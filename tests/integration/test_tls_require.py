@@ -80,8 +80,9 @@ def test_require_login_with_curl_and_lftp(make_daemon, ca):
     assert secure.stdout == b"curl\n"
 
     login = f"open -u alice,{PASSWORD} -p {daemon.port} 127.0.0.1; "
-    refused = lftp("set ftp:ssl-allow false; " + login + "cat f.txt")
+    refused = lftp("set ftp:ssl-allow false; " + login + "cat f.txt", timeout=5)
     assert refused.returncode != 0
+    assert "530 Login refused: this server requires TLS" in refused.stderr
     ok = lftp(f"set ftp:ssl-force true; set ssl:ca-file {ca.path}; " + login + "cat f.txt")
     assert ok.returncode == 0, ok.stderr
     assert "curl" in ok.stdout
@@ -92,7 +93,7 @@ def test_require_all_with_lftp_clear_data_refused(make_daemon, ca):
     (daemon.root / "f.txt").write_bytes(b"x\n")
     login = f"open -u alice,{PASSWORD} -p {daemon.port} 127.0.0.1; "
     base = f"set ftp:ssl-force true; set ssl:ca-file {ca.path}; "
-    refused = lftp(base + "set ftp:ssl-protect-data false; " + login + "cat f.txt")
+    refused = lftp(base + "set ftp:ssl-protect-data false; " + login + "cat f.txt", timeout=6)
     assert refused.returncode != 0
     assert "521" in refused.stderr
     ok = lftp(base + "set ftp:ssl-protect-data true; " + login + "cat f.txt")

@@ -146,11 +146,20 @@ def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
 
 
 def lftp(script: str, timeout: float = 25) -> subprocess.CompletedProcess[str]:
-    # Bounded retries and timeouts, or lftp retries a refused transfer for minutes.
+    """Run an lftp script; on timeout the result has returncode -9 and the output so far.
+
+    lftp keeps retrying a refused login whatever net:max-retries says, so a
+    refusal test gives it a short timeout and looks at stderr.
+    """
     prefix = ("set net:max-retries 1; set net:reconnect-interval-base 1; set net:timeout 8; "
               "set cmd:fail-exit true; ")
-    return subprocess.run(["lftp", "-c", prefix + script], capture_output=True, text=True,
-                          timeout=timeout)
+    args = ["lftp", "-c", prefix + script]
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:  # subprocess.run killed it
+        def text(value: str | bytes | None) -> str:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value or ""
+        return subprocess.CompletedProcess(args, -9, text(err.stdout), text(err.stderr))
 
 
 # --- process measurement

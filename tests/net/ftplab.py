@@ -37,8 +37,7 @@ FILE_TEXT = "hello through the lab\n"
 LFTP_SETTINGS = (
     "set net:max-retries 1; set net:timeout 4; set net:reconnect-interval-base 1; "
     "set net:persist-retries 0; set ftp:ssl-allow no; set ftp:fix-pasv-address no; "
-    "set cmd:fail-exit yes; set xfer:clobber on; "
-)
+)  # (not cmd:fail-exit: with it lftp 4.9 hangs after a failed command)
 
 
 def _toml(value: object) -> str:
@@ -151,9 +150,12 @@ def curl(lab: Lab, host: str, url: str, *args: str) -> subprocess.CompletedProce
 
 
 def lftp(lab: Lab, host: str, url: str, commands: str) -> subprocess.CompletedProcess[str]:
-    """lftp in `host` running `commands` (its debug output, with the dialogue, in stderr)."""
-    return lab.run(host, "timeout", "20", "lftp", "-d", "-e",
-                   LFTP_SETTINGS + commands + "; quit", url, timeout=25)
+    """lftp in `host` running `commands` (its debug output, with the dialogue, in stderr).
+
+    `-c` rather than `-e URL`: after a failed command the latter lingers until killed.
+    """
+    return lab.run(host, "timeout", "20", "lftp", "-d", "-c",
+                   f"{LFTP_SETTINGS}open {url}; {commands}", timeout=25, input="")
 
 
 class Conversation:

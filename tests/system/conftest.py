@@ -218,20 +218,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str,
 
 
 @pytest.fixture()
-def ftpd(booted_container: Container, request: pytest.FixtureRequest) -> Iterator[Ftpd]:
+def ftpd(booted_container: Container) -> Iterator[Ftpd]:
     service = Ftpd(booted_container)
     service.reset()
-    started = time.monotonic()
     yield service
     for client in service.clients:
         client.close(timeout=5)
-    TIMINGS[request.node.name] = time.monotonic() - started
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A failed test's report carries ftpd's journal from that test."""
     report = yield
+    if report.when == "call":
+        TIMINGS[item.name] = report.duration
     service = getattr(item, "funcargs", {}).get("ftpd")
     if report.when == "call" and report.failed and isinstance(service, Ftpd):
         try:

@@ -132,8 +132,9 @@ def test_sandbox_allows_what_ftpd_needs(ftpd: Ftpd) -> None:
         c.systemctl("daemon-reload")
 
 
-def test_remove_and_purge(rootfs: Path, ftpd_deb: Path) -> None:
-    """In a container of its own: remove stops the service, purge cleans up."""
+def test_upgrade_remove_purge(rootfs: Path, ftpd_deb: Path) -> None:
+    """In a container of its own: an upgrade restarts a running service and
+    keeps an admin's choice; remove stops it; purge cleans up."""
     with Container(rootfs, binds_ro={ftpd_deb.parent: "/mnt/dist"}) as c:
         c.boot()
         c.wait_until_running()
@@ -143,6 +144,14 @@ def test_remove_and_purge(rootfs: Path, ftpd_deb: Path) -> None:
         c.run("ftpd", "passwd", "-f", "/etc/ftpd/users.toml", "bob", "--root", "/srv/ftp/bob",
               input="a password\n")
         c.systemctl("start", "ftpd.service")
+        old_pid = c.show("ftpd.service", "MainPID")
+        # Installing over itself runs postinst with the old version, as an upgrade.
+        c.run("dpkg", "-i", f"/mnt/dist/{ftpd_deb.name}", timeout=120)
+        assert c.show("ftpd.service", "ActiveState") == "active"
+        assert c.show("ftpd.service", "MainPID") not in (old_pid, "0")
+        c.systemctl("disable", "ftpd.service")
+        c.run("dpkg", "-i", f"/mnt/dist/{ftpd_deb.name}", timeout=120)
+        assert c.show("ftpd.service", "UnitFileState") == "disabled"
         c.run("apt-get", "remove", "-y", "ftpd", env={"DEBIAN_FRONTEND": "noninteractive"},
               timeout=120)
         assert c.systemctl("is-active", "ftpd.service", check=False).stdout.strip() != "active"

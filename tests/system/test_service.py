@@ -54,9 +54,10 @@ def test_ftp_session(ftpd: Ftpd) -> None:
     down = ftpd.client("download", user, password, "session.bin")
     assert down["event"] == "done", down
     assert down["sha256"] == up["sha256"] == sha256_inside(ftpd, f"{FTP_ROOT}/session.bin")
-    # Workers write as the ftpd user, with the unit's UMask=0027.
+    # Workers write as the ftpd user; uploads get [uploads] umask (022), not
+    # the unit's UMask=0027.
     owner_mode = ftpd.container.run("stat", "-c", "%U %a", f"{FTP_ROOT}/session.bin").stdout
-    assert owner_mode.split() == ["ftpd", "640"]
+    assert owner_mode.split() == ["ftpd", "644"]
 
 
 def test_status_text_counts_sessions(ftpd: Ftpd) -> None:
@@ -225,3 +226,20 @@ def test_logrotate_signals_master_only(ftpd: Ftpd) -> None:
     assert ftpd.state() == "active"
     assert ftpd.main_pid() == main_pid
     assert children_of(ftpd, main_pid) == workers
+
+
+def test_system_account_with_documented_drop_in(ftpd: Ftpd) -> None:
+    """packaging/README.md: serving home directories takes ProtectHome=no and
+    ReadWritePaths=/home in a drop-in; a PAM login then writes as the user."""
+    c = ftpd.container
+    c.sh("id bob >/dev/null 2>&1 || useradd --create-home --shell /bin/bash bob")
+    c.run("chpasswd", input="bob:bobs password\n")
+    ftpd.config("50-system", '[users]\nsystem = true\nisolation = "process"\n')
+    ftpd.drop_in("[Service]\nProtectHome=no\nReadWritePaths=/home\n")
+    ftpd.start()
+    up = ftpd.client("upload", "bob", "bobs password", "bob.bin", "10000")
+    assert up["event"] == "done", up
+    owner = c.run("stat", "-c", "%U", "/home/bob/bob.bin").stdout.strip()
+    assert owner == "bob"
+    wrong = ftpd.client("badlogin", "bob", "not it", "1")
+    assert wrong == {"event": "done", "failures": 1}

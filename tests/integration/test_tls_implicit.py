@@ -1,0 +1,98 @@
+"""Implicit FTPS: TLS from the first byte on [tls] implicit_listen, served by the same workers."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+
+import pytest
+
+from tests.conftest import PASSWORD, free_port
+from tests.integration.tlskit import curl, ftps, lftp, make_ca, tls_section
+
+
+@pytest.fixture
+def ca(tmp_path):
+    return make_ca(tmp_path / "ca")
+
+
+def test_implicit_with_ftplib_curl_lftp(make_daemon, ca, tmp_path):
+    port = free_port()
+    daemon = make_daemon(tls=tls_section(ca, implicit_listen=[f"127.0.0.1:{port}"]))
+    (daemon.root / "hello.txt").write_bytes(b"implicit hello\n")
+
+    client = ftps(daemon, ca, implicit=True, port=port)
+    assert client.getwelcome().startswith("220 ")
+    assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
+    payload = os.urandom(300_000)
+    # No PBSZ/PROT sent: the data connections are protected from the start.
+    client.storbinary("STOR up.bin", io.BytesIO(payload))
+    out = io.BytesIO()
+    client.retrbinary("RETR up.bin", out.write)
+    assert out.getvalue() == payload
+    client.voidcmd("REIN")  # a new login keeps PROT P on an implicit connection
+    client.login("alice", PASSWORD)
+    assert sorted(client.nlst()) == ["hello.txt", "up.bin"]
+    client.quit()
+
+    implicit_url = f"ftps://127.0.0.1:{port}/"
+    auth = ["--cacert", str(ca.path), "-u", f"alice:{PASSWORD}"]
+    result = curl(*auth, implicit_url + "hello.txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"implicit hello\n"
+    result = curl("--tlsv1.3", *auth, implicit_url)
+    assert b"up.bin" in result.stdout
+
+    result = lftp(f"set ssl:ca-file {ca.path}; open -u alice,{PASSWORD} {implicit_url}; "
+                  "cat hello.txt")
+    assert result.returncode == 0, result.stderr
+    assert "implicit hello" in result.stdout
+
+    # The explicit listener of the same daemon is unchanged: plain and AUTH TLS.
+    daemon.ftp().quit()
+    ftps(daemon, ca).quit()
+
+    log = daemon.wait_log(r"event=disconnect .*tls_mode=implicit")
+    assert f"tls_mode=implicit listener=127.0.0.1:{port}" in log
+    assert "tls_mode=explicit" in log
+    assert "data_tls_reused=" in log and "event=tls_reuse_missing" not in log
+
+
+def test_implicit_port_never_speaks_plain_and_require_all_applies(make_daemon, ca):
+    port = free_port()
+    daemon = make_daemon(tls=tls_section(ca, require="all", implicit_listen=[f"127.0.0.1:{port}"]))
+    client = ftps(daemon, ca, implicit=True, port=port)
+    client.prot_c()  # allowed as a command, but "all" refuses a clear transfer
+    with pytest.raises(ftplib.error_perm, match="^521"):
+        client.nlst()
+    client.prot_p()
+    assert client.nlst() == []
+    client.quit()
+    plain = ftplib.FTP()
+    with pytest.raises((OSError, EOFError, ftplib.Error)):
+        plain.connect("127.0.0.1", port, timeout=4)  # waits for a 220 that never comes in clear
+        plain.login("alice", PASSWORD)
+    plain.close()
+
+
+def test_implicit_listener_added_and_removed_by_reload(make_daemon, ca):
+    daemon = make_daemon(tls=tls_section(ca))
+    port = free_port()
+    daemon.write_config(tls={**daemon_tls(daemon), "implicit_listen": [f"127.0.0.1:{port}"]})
+    daemon.signal(__import__("signal").SIGHUP)
+    daemon.wait_log(r"reload done: generation 2")
+    ftps(daemon, ca, implicit=True, port=port).quit()
+
+    daemon.write_config(tls=daemon_tls(daemon))
+    daemon.signal(__import__("signal").SIGHUP)
+    daemon.wait_log(r"reload done: generation 3")
+    with pytest.raises(OSError):
+        ftps(daemon, ca, implicit=True, port=port)
+
+
+def daemon_tls(daemon) -> dict[str, object]:
+    """The [tls] section the daemon was configured with (from its config file)."""
+    import tomllib
+
+    return dict(tomllib.loads(daemon.config_path.read_text())["tls"])
