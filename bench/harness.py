@@ -36,6 +36,7 @@ WORKLOADS = ["throughput", "sessions", "storm", "hold"]
 PEERS = ALL_SERVERS[1:]
 LOADGEN_SLACK_S = 180.0  # on top of a workload's own duration before the loadgen is killed
 HOLD_STEP_TIMEOUT_S = 900.0
+BUSY_WARNING = 0.10  # CPU share used by others before a server starts that taints a run
 
 
 class Interrupted(BaseException):
@@ -125,8 +126,11 @@ class Loadgen:
         errlog.close()
         assert proc.stdout is not None and proc.stdin is not None
         lines: queue.Queue[bytes] = queue.Queue()
-        reader = threading.Thread(target=lambda: [lines.put(b) for b in proc.stdout or []],
-                                  daemon=True)
+        def pump() -> None:
+            for line in proc.stdout or []:
+                lines.put(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
         reader.start()
 
         def next_record() -> dict[str, Any]:
@@ -175,6 +179,11 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Child
     result.update(version=plan.version, notes=plan.notes, command=" ".join(plan.argv))
     if not servers.port_is_free(ctx.host, ctx.port):
         raise RuntimeError(f"{ctx.host}:{ctx.port} is already in use")
+    background = system.cpu_busy_over(2.0)
+    result["background_cpu_busy"] = round(background, 3)
+    if background > BUSY_WARNING:
+        log(f"warning: the machine is {background:.0%} busy before {name} starts: other work "
+            "will skew the figures")
     log(f"{name} {plan.version}: starting on {ctx.host}:{ctx.port}")
     server = servers.RunningServer(plan, ctx.workdir)
     children.servers.append(server)
@@ -226,6 +235,8 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Child
         log(f"{name}: stopping pid {server.pid}")
         server.stop()
         children.servers.remove(server)
+        if result["errors"]:  # the work directory is removed at the end: keep the evidence
+            result["server_log_tail"] = server.log_tail(3000)
     return result
 
 
@@ -247,7 +258,8 @@ def warn_foreign_servers() -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run (~2 min per server): small file, short workloads")
+                        help="smoke run (~3 min for all four): 256 MiB file, short workloads, "
+                             "no capacity steps; written to bench/.cache/quick/")
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
                         help=f"comma-separated subset of {','.join(ALL_SERVERS)}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),

@@ -190,15 +190,16 @@ def retryable(exc: BaseException) -> bool:
     return False
 
 
-async def login_retrying(target: Target, policy: RetryPolicy = DEFAULT_POLICY
-                         ) -> tuple[Control, int]:
-    """login() under the retry policy: (session, retries used)."""
+async def login_retrying(target: Target, policy: RetryPolicy = DEFAULT_POLICY,
+                         on_retry: Callable[[], None] = lambda: None) -> Control:
+    """login() under the retry policy; on_retry() is called before every retry."""
     for attempt in range(policy.max_retries + 1):
         try:
-            return await login(target, policy), attempt
+            return await login(target, policy)
         except (OSError, FtpError, TimeoutError, asyncio.IncompleteReadError) as exc:
             if not retryable(exc) or attempt == policy.max_retries:
                 raise
+        on_retry()
         await asyncio.sleep(policy.backoff_s * 2 ** attempt)
     raise AssertionError("unreachable")
 
@@ -317,14 +318,16 @@ async def run_storm(target: Target, clients: int) -> dict[str, Any]:
     retries = 0
     t0 = time.perf_counter()
 
-    async def client() -> None:
+    def count_retry() -> None:
         nonlocal retries
+        retries += 1
+
+    async def client() -> None:
         try:
-            ctl, used = await login_retrying(target)
+            ctl = await login_retrying(target, on_retry=count_retry)
         except (OSError, FtpError, TimeoutError, asyncio.IncompleteReadError) as exc:
             errors[error_kind(exc)] += 1
             return
-        retries += used
         latencies.append(time.perf_counter() - t0)
         held.append(ctl)
 
@@ -392,15 +395,20 @@ async def open_sessions(target: Target, count: int, concurrency: int) -> OpenRes
     gate = asyncio.Semaphore(concurrency)
     result = OpenResult()
 
+    def count_retry() -> None:
+        result.retries += 1
+
     async def open_one() -> None:
         async with gate:
+            if result.errors:  # the step has failed: the rest would only fail slowly
+                result.skipped += 1
+                return
             t = time.perf_counter()
             try:
-                ctl, used = await login_retrying(target)
+                ctl = await login_retrying(target, on_retry=count_retry)
             except (OSError, FtpError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 result.errors[error_kind(exc)] += 1
                 return
-            result.retries += used
             result.logins.append(time.perf_counter() - t)
             result.sessions.append(ctl)
 
@@ -414,6 +422,7 @@ class OpenResult:
     logins: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    skipped: int = 0  # logins not attempted once the step had failed
 
 
 async def run_hold(target: Target, steps: list[int], concurrency: int, settle: float,
@@ -440,7 +449,8 @@ async def run_hold(target: Target, steps: list[int], concurrency: int, settle: f
                 "workload": "hold", "step": step, "held": len(held),
                 "open_s": round(open_s, 3), "login": latency_summary(opened.logins),
                 "errors": sum(errors.values()), "error_kinds": dict(errors),
-                "total_errors": total_errors, "retries": retries, **usage.report(),
+                "not_attempted": opened.skipped, "total_errors": total_errors,
+                "retries": retries, **usage.report(),
             })
             if await wait_next() != "next":
                 break

@@ -9,6 +9,7 @@ from typing import Any
 from bench.stats import best, ratio
 
 SUBJECT = "ftpd"
+BUSY_WARNING = 0.10
 Result = dict[str, Any]
 
 
@@ -54,6 +55,15 @@ class Metric:
     compare: bool = True  # False: shown for context, no ratio to the best peer
 
 
+def _pss_at(step: int) -> Callable[[Result], float | None]:
+    return lambda s: pss_mib(s, step)
+
+
+def _capacity_value(server: Result) -> float | None:
+    held = capacity(server)
+    return None if held is None else float(held)
+
+
 def _sessions(n: int, *path: str) -> Callable[[Result], float | None]:
     return lambda s: _dig(s, "sessions", str(n), *path)
 
@@ -89,12 +99,9 @@ def metrics(session_clients: list[int], memory_steps: list[int]) -> list[Metric]
         Metric("  retries", lambda s: _dig(s, "storm", "retries"), False, 0),
         Metric("  errors", lambda s: _dig(s, "storm", "errors"), False, 0),
     ]
-    for step in memory_steps:
-        rows.append(Metric(f"PSS MiB, {step} idle sessions",
-                           lambda s, step=step: pss_mib(s, step), False))
-    rows.append(Metric("idle sessions held, zero errors",
-                       lambda s: None if capacity(s) is None else float(capacity(s) or 0),
-                       True, 0))
+    rows += [Metric(f"PSS MiB, {step} idle sessions", _pss_at(step), False)
+             for step in memory_steps]
+    rows.append(Metric("idle sessions held, zero errors", _capacity_value, True, 0))
     return rows
 
 
@@ -225,6 +232,14 @@ def render(results: Result) -> str:
         out.append(line)
     out.append("| FTPS RETR MB/s | " + " | ".join("skipped" for _ in names) + " |"
                + (" |" if has_subject else ""))
+    busy: dict[str, float] = {n: float(s["background_cpu_busy"]) for n, s in servers.items()
+                              if s.get("background_cpu_busy") is not None}
+    if busy:
+        noisy = [n for n, b in busy.items() if b > BUSY_WARNING]
+        out += ["", "CPU busy with other work in the 2 s before each server started: "
+                + ", ".join(f"{n} {b:.0%}" for n, b in busy.items()) + "."
+                + (f" **Above {BUSY_WARNING:.0%} for {', '.join(noisy)}: other work on the "
+                   "machine skewed these figures; rerun on a quiet machine.**" if noisy else "")]
     workloads = meta.get("workloads")
     if workloads and len(workloads) < 4:
         out += ["", f"Workloads run: {', '.join(workloads)} (the others were left out)."]

@@ -213,6 +213,14 @@ def cpu_busy_sample() -> tuple[int, int]:
     return sum(values) - idle, sum(values)
 
 
+def cpu_busy_over(seconds: float) -> float:
+    """Share of all CPUs busy over the next `seconds` (other work on the machine)."""
+    busy0, total0 = cpu_busy_sample()
+    time.sleep(seconds)
+    busy1, total1 = cpu_busy_sample()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
 def machine_facts() -> dict[str, str]:
     cpu = "unknown"
     try:

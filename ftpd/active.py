@@ -191,6 +191,16 @@ class SourcePortActiveDTP(ActiveDTP):
             self._failure = err.strerror or str(err)
             self.handle_close()
 
+    def handle_connect(self) -> None:
+        super().handle_connect()
+        self._forget()
+
+    def _forget(self) -> None:
+        # pyftpdlib keeps a finished connector referenced until the next
+        # PORT/PASV, so the session would never look idle to a stop.
+        if getattr(self.cmd_channel, "_dtp_connector", None) is self:
+            self.cmd_channel._dtp_connector = None
+
     def handle_timeout(self) -> None:
         # pyftpdlib replies 421, which clients take for "closing the session".
         if self.cmd_channel.connected and not self._closed:
@@ -200,6 +210,7 @@ class SourcePortActiveDTP(ActiveDTP):
                 f"{self.timeout} s: a firewall or NAT on your side drops it; use passive "
                 "mode (PASV/EPSV).")
         self.close()
+        self._forget()
 
     def handle_error(self) -> None:
         # A refused connect surfaces here (asyncore raises the SO_ERROR it read,
@@ -220,6 +231,7 @@ class SourcePortActiveDTP(ActiveDTP):
                 code = 0
             reason = os.strerror(code) if code else "the connection failed"
         self.close()
+        self._forget()
         if self.cmd_channel.connected:
             self.cmd_channel.count(self._counter)
             self.cmd_channel.respond(

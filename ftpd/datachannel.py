@@ -68,6 +68,13 @@ class DataChannelPolicy(_Base):
                                          "after_epsv_all"))
             return
         super().ftp_PASV(line)
+        self._forget_closed_acceptor()
+
+    def _forget_closed_acceptor(self) -> None:
+        # A listener that answered 425 at once is closed but still referenced
+        # (pyftpdlib), which would make the session look busy to a stop.
+        if self._dtp_acceptor is not None and self._dtp_acceptor._closed:
+            self._dtp_acceptor = None
 
     def ftp_EPSV(self, line: str) -> None:
         if line.strip().upper() == "ALL":
@@ -79,6 +86,7 @@ class DataChannelPolicy(_Base):
                          "in this session now.")
             return
         super().ftp_EPSV(line)
+        self._forget_closed_acceptor()
 
     # --- active
 
@@ -110,7 +118,11 @@ class DataChannelPolicy(_Base):
         if not self.server._accept_new_cons():
             self.respond("425 Too many connections; can't open a data connection now.")
             return
-        self._dtp_connector = self.active_dtp(target.ip, target.port, self)
+        connector = self.active_dtp(target.ip, target.port, self)
+        # Keep it only while it is still connecting (it may fail or, rarely,
+        # connect within its constructor).
+        if not connector._closed and not connector.connected:
+            self._dtp_connector = connector
 
     def _refuse(self, command: str, refusal: Refused, argument: str = "") -> None:
         self.count("refused_" + refusal.reason)

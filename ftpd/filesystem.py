@@ -41,6 +41,7 @@ class ConfinedFS(AbstractedFS):
         self.umask = 0o022
         self.atomic = False
         self.pending_uploads: dict[str, str] = {}  # temporary name -> final name
+        self.committed_uploads: dict[str, str] = {}  # until the transfer is logged
 
     def _inside(self, real: str) -> bool:
         root = self._real_root
@@ -104,6 +105,7 @@ class ConfinedFS(AbstractedFS):
     def commit_upload(self, temp: str) -> None:
         """Put a completed upload in place (rename within its verified directory)."""
         final = self.pending_uploads.pop(temp)
+        self.committed_uploads[temp] = final
         dir_fd = self._open_dir(os.path.dirname(final))
         try:
             os.rename(os.path.basename(temp), os.path.basename(final),

@@ -38,6 +38,13 @@ and dies with its worker like an in-process one, so nothing outlives
 Inside the jail nothing is trusted and a writable root is fine: the process
 never looks up names there (LIST shows the names gathered before the
 chroot), imports no module (sys.path is emptied) and has no way back to root.
+
+Privileges. Workers in this mode keep root: they fork and jail every session
+and PAM reads /etc/shadow. What runs as root is the part before login (the
+greeting, USER/PASS, AUTH TLS and its handshake); no file of any user is
+touched there, since every logged-in session leaves at once. Moving the
+pre-login part into an unprivileged process, as vsftpd does, would need the
+TLS state to cross processes, which pyOpenSSL cannot do.
 """
 
 from __future__ import annotations
@@ -54,16 +61,24 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyftpdlib.ioloop import AsyncChat, IOLoop
 
 from .privileges import Account, StartupError, enter_jail, start_port_binder
 
+if TYPE_CHECKING:
+    from pyftpdlib.handlers import FTPHandler as _Handler
+else:
+    _Handler = object
+
 log = logging.getLogger("ftpd.isolation")
 
 CHILD_GRACE = 2.0  # seconds a worker waits past its deadline before SIGKILLing children
 _DRAIN_SIGNALS = {signal.SIGTERM, signal.SIGUSR2}
+# Held around the fork: until the child has its own signal set-up, a signal
+# must neither kill it nor reach the worker's wake-up socket.
+_HELD_SIGNALS = {*_DRAIN_SIGNALS, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD}
 
 
 # --- configuration checks
@@ -190,7 +205,7 @@ class IsolatedSessions:
             self._refuse(session, username, str(err))
             return
         session.del_channel()  # before the fork: the child never sees it in our epoll set
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _DRAIN_SIGNALS)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: see below
@@ -333,15 +348,15 @@ class _Reader(AsyncChat):
         return False
 
 
-class IsolatedSession:
+class JailedSession(_Handler):
     """Mixin put in front of the session's class in its process: one user for good."""
 
     def ftp_USER(self, line: str) -> None:
-        self.respond("530 This session stays logged in as the same user; reconnect "  # type: ignore[attr-defined]
-                     "to log in as another.")
+        self.respond("530 This session stays logged in as the same user; reconnect to log "
+                     "in as another.")
 
     def ftp_REIN(self, line: str) -> None:
-        self.respond("502 REIN is not available here; reconnect to log in again.")  # type: ignore[attr-defined]
+        self.respond("502 REIN is not available here; reconnect to log in again.")
 
 
 class JailedFS:
@@ -367,7 +382,7 @@ class SessionProcess:
     """The child's side: leaves the worker behind, enters the jail, serves one session."""
 
     def __init__(self, owner: IsolatedSessions, session: Any, jail: Jail,
-                 old_mask: set[signal.Signals]) -> None:
+                 old_mask: set[int | signal.Signals]) -> None:
         # Drain signals stay blocked (pending) until our loop can take them.
         self.owner, self.session, self.jail, self.old_mask = owner, session, jail, old_mask
         self.old_loop = session.ioloop
@@ -502,7 +517,7 @@ class SessionProcess:
             session._idler = loop.call_later(session.timeout, session.handle_timeout,
                                              _errback=session.handle_error)
         cls = type(session)
-        session.__class__ = type(f"Isolated{cls.__name__}", (IsolatedSession, cls), {})
+        session.__class__ = type(f"Jailed{cls.__name__}", (JailedSession, cls), {})
         signal.pthread_sigmask(signal.SIG_SETMASK, self.old_mask)
         session.complete_login(jail.user, "/", isolation="process", jail=jail.root)
         if session.fs is not None:

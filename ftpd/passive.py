@@ -130,7 +130,14 @@ class RangePassiveDTP(PassiveDTP):
             channel.count("425_timeout")
         else:
             channel.count("passive_expired")
+        self._close_and_forget()
+
+    def _close_and_forget(self) -> None:
+        # pyftpdlib would keep the closed listener referenced, so the session
+        # would never look idle (a stop would wait for it).
         self.close()
+        if self.cmd_channel._dtp_acceptor is self:
+            self.cmd_channel._dtp_acceptor = None
 
     def handle_accepted(self, sock: Any, addr: Any) -> None:
         channel = self.cmd_channel
@@ -147,7 +154,7 @@ class RangePassiveDTP(PassiveDTP):
             if _fail_queued(channel, f"425 Rejected data connection from foreign address "
                                      f"{addr[0]}; retry with a new PASV/EPSV."):
                 channel.count("425_foreign_address")
-                self.close()
+                self._close_and_forget()
             else:
                 channel.count("foreign_data_rejected")
             return

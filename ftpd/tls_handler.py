@@ -117,8 +117,11 @@ class _ResetAwareDTP(DTPHandler):
             raise  # SSLConnectionMixin.recv turns it into handle_close()
 
     def handle_close(self) -> None:
-        # The IOLoop calls this directly for an error event without a read
-        # event: a reset seen before the rest of the data was read.
+        # The IOLoop also calls this directly, for an error event that comes
+        # without a read event; the socket's pending error tells a reset then.
+        # (A reset racing unread data is sometimes reported by the kernel as
+        # a plain EOF: that looks like a close without close_notify, which is
+        # accepted, so not every truncation can be caught here.)
         if self.receive and not self._closed:
             try:
                 error = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -241,6 +244,7 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
 
     tls_setup: TlsSetup
     worker_context: SSL.Context | None = None  # shared by sessions when reuse is off
+    ssl_context: SSL.Context | None  # this session's (TLS_FTPHandler reads it)
     implicit_tls = False
     listener = ""
     dtp_handler = TlsDataChannel

@@ -30,6 +30,24 @@ def throttled(base: type, download_rate: int, upload_rate: int) -> type:
         "read_limit": upload_rate, "write_limit": download_rate})
 
 
+class AtomicCommit:
+    """Data channel mixin: put a completed atomic upload in place *before* the
+    226 reply, so a client that asks for the file right after finds it."""
+
+    def close(self) -> None:
+        channel: Any = self
+        fs = channel.cmd_channel.fs
+        f = channel.file_obj
+        if (not channel._closed and channel.receive and channel.transfer_finished
+                and f is not None and fs is not None and f.name in fs.pending_uploads):
+            try:
+                f.close()
+                fs.commit_upload(f.name)
+            except OSError as err:
+                log.error("could not put upload %s in place: %s", f.name, err)
+        super().close()  # type: ignore[misc]
+
+
 class UserPolicy(_Base):
     """Class attributes are set by build_handler() from [uploads]."""
 
@@ -44,6 +62,8 @@ class UserPolicy(_Base):
         if user and (user.download_rate or user.upload_rate):
             self.dtp_handler = throttled(type(self).dtp_handler, user.download_rate,
                                          user.upload_rate)
+        if self.atomic_uploads:
+            self.dtp_handler = type("AtomicDataChannel", (AtomicCommit, self.dtp_handler), {})
 
     def user_session_limit(self, username: str, default: int) -> int:
         user = self.authorizer.user(username)
@@ -75,7 +95,9 @@ class UserPolicy(_Base):
         """The name an upload has (or will have) in the user's tree."""
         if self.fs is None:
             return filename
-        return self.fs.fs2ftp(self.fs.pending_uploads.get(filename, filename))
+        final = self.fs.committed_uploads.pop(filename, None) or self.fs.pending_uploads.get(
+            filename, filename)
+        return self.fs.fs2ftp(final)
 
     def close(self) -> None:
         # A session that ends mid-upload: pyftpdlib closes the data channel,

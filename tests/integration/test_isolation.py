@@ -152,7 +152,7 @@ def test_reads_outside_the_jail_are_refused(jailed, name):
     daemon, outside = jailed
     client = daemon.ftp()
     for target in (name, str(outside / "secret.txt")):
-        with pytest.raises(ftplib.error_perm, match="^55"):
+        with pytest.raises(ftplib.error_perm, match=r"^55"):
             client.retrbinary(f"RETR {target}", io.BytesIO().write)
     client.quit()
 
@@ -163,11 +163,11 @@ def test_reads_outside_the_jail_are_refused(jailed, name):
 def test_writes_outside_the_jail_are_refused(jailed, command):
     daemon, outside = jailed
     client = daemon.ftp()
-    with pytest.raises((ftplib.error_perm, ftplib.error_temp), match="^[45]5"):
+    with pytest.raises((ftplib.error_perm, ftplib.error_temp), match=r"^[45]5"):
         client.storbinary(command, io.BytesIO(b"pwned"))
     for attempt in (lambda: client.mkd("link_dir/x"), lambda: client.cwd("link_dir"),
                     lambda: client.size("link_file"), lambda: client.cwd(str(outside))):
-        with pytest.raises(ftplib.error_perm, match="^55"):
+        with pytest.raises(ftplib.error_perm, match=r"^55"):
             attempt()
     lines: list[str] = []
     client.retrlines("LIST", lines.append)

@@ -85,7 +85,7 @@ def test_exhausted_range_gives_425_and_session_continues(make_daemon):
 
 
 def test_fifty_concurrent_sessions_use_at_least_two_workers(make_daemon):
-    daemon = make_daemon(workers=2, passive_size=120)
+    daemon = make_daemon(workers=2, passive_size=120, server={"max_sessions_per_ip": 0})
     (daemon.root / "f").write_bytes(b"y" * 20000)
     barrier = concurrent.futures.ThreadPoolExecutor(max_workers=50)
 

@@ -41,7 +41,7 @@ def test_ftplib_over_tls(make_daemon, ca, version):
     assert client.nlst() == ["up.bin"]
     client.quit()
     log = daemon.wait_log(r"event=disconnect .*data_tls_reused=3")
-    assert f"event=tls session=" in log and f"tls_version=TLSv{version}" in log
+    assert "event=tls session=" in log and f"tls_version=TLSv{version}" in log
     assert "tls_mode=explicit" in log and "tls_cipher=" in log
     assert "data_tls_new=0" in log
 

@@ -44,7 +44,7 @@ def test_require_levels_with_ftplib(make_daemon, ca, require):
             plain_login(daemon)
         raw = ftplib.FTP()
         raw.connect("127.0.0.1", daemon.port, timeout=15)
-        with pytest.raises(ftplib.error_perm, match="^530"):
+        with pytest.raises(ftplib.error_perm, match=r"^530"):
             raw.sendcmd("PASS " + PASSWORD)  # PASS without USER, still in the clear
         raw.close()
 
@@ -53,7 +53,7 @@ def test_require_levels_with_ftplib(make_daemon, ca, require):
     if require == "all":
         with pytest.raises(ftplib.error_perm, match=r"^521 .*PROT P"):
             clear.nlst()
-        with pytest.raises(ftplib.error_perm, match="^521"):
+        with pytest.raises(ftplib.error_perm, match=r"^521"):
             clear.retrbinary("RETR f.txt", lambda _: None)
         assert clear.voidcmd("NOOP").startswith("200")  # the session carries on
     else:
@@ -111,7 +111,7 @@ def test_per_user_override(make_daemon, ca):
     legacy = plain_login(daemon, "scanner")
     assert legacy.nlst() == ["scan.txt"]  # clear control and data connections
     legacy.quit()
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         plain_login(daemon, "alice")
 
     # An override can also be stricter than the server: "login" keeps data in the clear
@@ -121,7 +121,7 @@ def test_per_user_override(make_daemon, ca):
     assert client.nlst() == ["scan.txt"]
     client.quit()
     client = ftps(daemon, ca, user="alice", protect=False)
-    with pytest.raises(ftplib.error_perm, match="^521"):
+    with pytest.raises(ftplib.error_perm, match=r"^521"):
         client.nlst()
     client.quit()
 
@@ -132,10 +132,10 @@ def test_override_stricter_than_server(make_daemon, ca):
     set_user_tls(daemon.users_file, "vault", "all")
     daemon.start()
     plain_login(daemon, "alice").quit()
-    with pytest.raises(ftplib.error_perm, match="^530"):
+    with pytest.raises(ftplib.error_perm, match=r"^530"):
         plain_login(daemon, "vault")
     client = ftps(daemon, ca, user="vault", protect=False)
-    with pytest.raises(ftplib.error_perm, match="^521"):
+    with pytest.raises(ftplib.error_perm, match=r"^521"):
         client.nlst()
     client.prot_p()
     assert client.nlst() == []

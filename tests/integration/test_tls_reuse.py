@@ -49,7 +49,7 @@ def test_reuse_policies(make_daemon, ca, policy, version):
         except ftplib.error_perm as err:
             assert str(err).startswith("522")
         except OSError:  # ssl.SSLEOFError: the server closed while ftplib was sending
-            with pytest.raises(ftplib.error_perm, match="^522"):
+            with pytest.raises(ftplib.error_perm, match=r"^522"):
                 stock.voidresp()
         else:
             pytest.fail("STOR without session reuse was accepted")
@@ -106,7 +106,7 @@ def test_another_sessions_tls_session_is_refused(make_daemon, ca):
         except OSError:  # ssl.SSLError is one
             pass
     assert data == b""
-    with pytest.raises(ftplib.error_perm, match="^522"):
+    with pytest.raises(ftplib.error_perm, match=r"^522"):
         victim.voidresp()
     victim.quit()
     attacker.quit()

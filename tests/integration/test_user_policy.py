@@ -151,9 +151,11 @@ def test_atomic_upload_appears_only_when_complete(make_daemon):
     client.voidcmd("TYPE I")
     conn = client.transfercmd("STOR big.bin")
     conn.sendall(b"x" * 100_000)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not any(p.name.startswith(".big.bin.ftpd-upload-") for p in daemon.root.iterdir()):
+        assert time.monotonic() < deadline, "no temporary upload file appeared"
+        time.sleep(0.05)
     assert not (daemon.root / "big.bin").exists()  # still under its temporary name
-    assert any(p.name.startswith(".big.bin.ftpd-upload-") for p in daemon.root.iterdir())
     conn.sendall(b"y" * 100_000)
     conn.close()
     assert client.voidresp().startswith("226")

@@ -13,6 +13,7 @@ which waits for its workers) when the block ends.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -86,7 +87,8 @@ class LabFtpd:
             f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
             for section, values in settings.items()))
         subprocess.run([sys.executable, "-m", "ftpd", "passwd", "-f", str(self.users_file),
-                        "alice", "--root", str(self.root)], input=PASSWORD + "\n", text=True,
+                        "alice", "--root", str(self.root), "--permissions", "elradfmwMT"],
+                       input=PASSWORD + "\n", text=True,
                        check=True, capture_output=True, timeout=30)
         self.users_file.chmod(0o644)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -219,3 +221,14 @@ def pasv_address(reply: str) -> str:
 
 def port_argument(ip: str, port: int) -> str:
     return ",".join([*ip.split("."), str(port // 256), str(port % 256)])
+
+
+def stats_totals(log: str) -> collections.Counter[str]:
+    """Sum of every counter over all data_channel_stats events in a daemon log."""
+    totals: collections.Counter[str] = collections.Counter()
+    for line in log.splitlines():
+        if "event=data_channel_stats " in line:
+            for key, value in re.findall(r" ([a-z0-9_]+)=(\d+)\b", line):
+                if key not in ("worker", "interval"):
+                    totals[key] += int(value)
+    return totals

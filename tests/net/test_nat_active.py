@@ -6,13 +6,23 @@ PORT/EPRT carries a private address that is not the address the server sees.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import psutil
 
-from .ftplab import FILE_TEXT, Conversation, LabFtpd, curl, lftp, port_argument
+from .ftplab import FILE_TEXT, Conversation, LabFtpd, curl, lftp, port_argument, stats_totals
 from .lab import CLI_IP, CPC_IP, CRTR_WAN_IP, PUBLIC_IP, Lab
 
 ACTIVE_CURL = ("--ftp-port", "-")  # PORT/EPRT with the control connection's local address
 ACTIVE_LFTP = "set ftp:passive-mode off; "
+
+
+def _settle(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
 
 
 def test_active_from_behind_nat_without_helper_is_refused_as_foreign(lab: Lab) -> None:
@@ -90,3 +100,23 @@ def test_active_mode_disabled_is_refused_with_a_hint(lab: Lab) -> None:
         assert "502 Active mode (PORT) is disabled on this server" in run.stderr
         run = curl(lab, "cli", ftpd.url(PUBLIC_IP, "f.txt"))  # passive still fine
         assert (run.returncode, run.stdout) == (0, FILE_TEXT), run.stderr
+
+
+def test_active_connection_dropped_by_the_client_firewall_is_a_425(lab: Lab) -> None:
+    # The classic "425 Can't open data connection": the client's firewall eats the SYN.
+    with LabFtpd(lab, active={"connect_timeout": 1}, log={"stats_interval": 1}) as ftpd, \
+            Conversation(lab, "cli") as session:
+        session.open(PUBLIC_IP, ftpd.control_port)
+        port = session.request("listen")["port"]
+        rules = ("table ip clientfw {\n chain input {\n  type filter hook input priority "
+                 f"filter; policy accept;\n  tcp dport {port} drop\n }}\n}}\n")
+        lab.run("cli", "nft", "-f", "-", input=rules, check=True)
+        try:
+            reply = session.send(f"PORT {port_argument(CLI_IP, port)}")
+            assert reply.startswith(f"425 Data connection to {CLI_IP}:{port} timed out after "
+                                    "1 s: a firewall or NAT on your side drops it"), reply
+            assert session.send("NOOP").startswith("200")
+            session.send("QUIT")
+        finally:
+            lab.run("cli", "nft", "delete", "table", "ip", "clientfw")
+        assert _settle(lambda: stats_totals(ftpd.log())["425_timeout"] == 1)

@@ -130,3 +130,12 @@ def test_render_marks_quick_runs_and_peer_only_runs() -> None:
     assert "quick run: a smoke test" in text
     assert "ftpd / best peer" not in text
     assert "| metric | vsftpd | proftpd |" in text
+
+
+def test_render_flags_a_busy_machine() -> None:
+    results = _results(None, QUICK)
+    results["servers"]["vsftpd"]["background_cpu_busy"] = 0.02
+    results["servers"]["proftpd"]["background_cpu_busy"] = 0.45
+    text = render(results)
+    assert "vsftpd 2%, proftpd 45%" in text
+    assert "Above 10% for proftpd" in text
