@@ -11,6 +11,7 @@ which RFC 959 specifies and some client-side firewalls expect.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -177,9 +178,9 @@ class SourcePortActiveDTP(ActiveDTP):
         try:
             sock = cmd_channel.data_source_socket(family, unmapped(local_ip), source_port)
         except OSError as err:
-            self._failure = (f"cannot use source port {source_port} ("
-                             f"{err.strerror or err}); the server needs root or "
-                             "CAP_NET_BIND_SERVICE for it")
+            hint = ("; the server needs root or CAP_NET_BIND_SERVICE for it"
+                    if err.errno in (errno.EACCES, errno.EPERM) else "")
+            self._failure = f"cannot use source port {source_port} ({err.strerror or err}){hint}"
             self._counter = "425_source_port"
             self.handle_close()
             return

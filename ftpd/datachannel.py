@@ -59,6 +59,11 @@ class DataChannelPolicy(_Base):
     connect_from_port_20 = False
     passive_addresses: PassiveAddresses | None = None
     port_binder: PortBinder | None = None
+    # pyftpdlib's (untyped) instance state this mixin touches; annotations only.
+    _dtp_acceptor: Any
+    _dtp_connector: Any
+    data_channel: Any
+    _epsvall: bool
 
     # --- passive
 

@@ -12,7 +12,8 @@ setting, the symptom a client would see and the fix. The rules, and why:
 - passive range inside the kernel's ephemeral range: outgoing connections of
   this host take passive ports at random (ip_local_reserved_ports fixes it).
 - passive ports that cannot be bound (probed at start and in `ftpd check`).
-- connect_from_port_20 without the privilege to bind port 20.
+- connect_from_port_20 without the privilege to bind port 20 (or with
+  process isolation, whose sessions run as the user).
 """
 
 from __future__ import annotations
@@ -215,9 +216,16 @@ def port_20_privilege(config: Any, euid: int, capabilities: int) -> list[str]:
     if not (config.active.enabled and config.active.connect_from_port_20):
         return []
     low = sorted({e.port - 1 for e in _endpoints(config) if 0 < e.port - 1 < 1024})
+    ports = ", ".join(map(str, low))
+    if low and getattr(config.users, "isolation", "shared") == "process":
+        # Isolated sessions run as the user in a chroot: no helper reaches them.
+        return [
+            f"{config.origin('active.connect_from_port_20')}: active.connect_from_port_20 "
+            f"does not work with users.isolation = \"process\": sessions run as the user and "
+            f"cannot bind port {ports}, so PORT/EPRT transfers will fail with 425. Turn one "
+            "of the two off."]
     if not low or euid == 0 or capabilities & (1 << CAP_NET_BIND_SERVICE):
         return []
-    ports = ", ".join(map(str, low))
     return [
         f"{config.origin('active.connect_from_port_20')}: active.connect_from_port_20: active "
         f"data connections must come from port {ports}, below 1024, but ftpd runs as uid "

@@ -144,18 +144,18 @@ class Jail:
     group_names: dict[int, str]
 
 
-def _names(uid: int, gid: int, groups: tuple[int, ...]) -> tuple[dict[int, str], dict[int, str]]:
-    users, group_names = {}, {}
+def _names(uid: int, gid: int) -> tuple[dict[int, str], dict[int, str]]:
+    """{uid: user name}, {gid: group name} (empty where the name service has none)."""
+    users, groups = {}, {}
     try:
         users[uid] = pwd.getpwuid(uid).pw_name
     except KeyError:
         pass
-    for g in (gid, *groups):
-        try:
-            group_names[g] = grp.getgrgid(g).gr_name
-        except KeyError:
-            pass
-    return users, group_names
+    try:
+        groups[gid] = grp.getgrgid(gid).gr_name
+    except KeyError:
+        pass
+    return users, groups
 
 
 @dataclass
@@ -163,7 +163,6 @@ class IsolatedChild:
     pid: int
     session: Any  # the worker's copy of the handler: its claims are released at reap
     user: str
-    started: float
 
 
 class IsolatedSessions:
@@ -176,8 +175,8 @@ class IsolatedSessions:
         self.draining: str | None = None  # "stop" or "retire"; later children inherit it
         # The worker keeps one end; children watch the other for EOF.
         self._lifeline, self.lifeline_child = socket.socketpair()
-        self._virtual_names = _names(account.uid, account.gid, (account.gid,)) if account \
-            else ({}, {})
+        # Looked up once here: virtual users' sessions all run as this account.
+        self._virtual_names = _names(account.uid, account.gid) if account else ({}, {})
         _prime_name_service()
 
     def count(self) -> int:
@@ -187,10 +186,9 @@ class IsolatedSessions:
         """Where and as whom `username`'s session runs; raises LookupError if nowhere."""
         system = getattr(session.authorizer, "system_account", None)
         account = system(username) if system is not None else None
-        if account is not None:
-            users, groups = _names(account.uid, account.gid, account.groups)
+        if account is not None:  # names looked up with the account, in a thread
             return Jail(username, account.home, account.uid, account.gid, account.groups,
-                        users, groups)
+                        {account.uid: account.name}, account.group_names)
         if self.account is None:
             raise LookupError("no unprivileged account for virtual users (server.user)")
         root = session.authorizer.get_home_dir(username)
@@ -229,7 +227,7 @@ class IsolatedSessions:
         self._forget(session)
         # A drain that began before the fork is in the child's copy of
         # self.draining; one that begins later reaches it through drain().
-        self.children[pid] = IsolatedChild(pid, session, username, time.monotonic())
+        self.children[pid] = IsolatedChild(pid, session, username)
 
     def _refuse(self, session: Any, username: str, why: str) -> None:
         log.error("cannot isolate the session of %r: %s", username, why)
@@ -388,6 +386,7 @@ class SessionProcess:
         self.old_loop = session.ioloop
         self.loop: Any = None
         self.binder: Any = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
         self._deadline: Any = None
 
     def run(self) -> int:
@@ -415,6 +414,10 @@ class SessionProcess:
         try:
             self._serve()
         finally:
+            # Leaving: a late stop signal needs no wake-up any more.
+            signal.set_wakeup_fd(-1)
+            for signum in _DRAIN_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
             if self.binder is not None:
                 self.binder.close()
         return 0
@@ -504,7 +507,7 @@ class SessionProcess:
         loop = self.loop = IOLoop()
         session.ioloop = loop
         session._tasks = []
-        reader, writer = socket.socketpair()
+        reader, writer = self._wakeup = socket.socketpair()  # kept open while we live
         reader.setblocking(False)
         writer.setblocking(False)
         _Reader(reader, loop, self._on_signals, lambda: None)

@@ -7,7 +7,10 @@ Here the client's address decides, in this order:
 1. the first `[passive] address_map` entry whose networks contain it;
 2. with `local_direct`, the address the client connected to, when the client
    is on loopback or on a subnet of one of this host's interfaces (it reaches
-   the server directly, no NAT in between);
+   the server directly, no NAT in between) -- unless it is this host's default
+   gateway: a router that source-NATs inbound connections (Docker's userland
+   proxy, some load balancers) makes every client look like it, and those
+   clients need the public address;
 3. `[passive] address`;
 4. the address the client connected to.
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +151,23 @@ def local_networks(interfaces: Mapping[str, Iterable[Any]] | None = None) -> tup
     return tuple(networks)
 
 
+def default_gateways(route_table: str = "/proc/net/route") -> frozenset[IPAddress]:
+    """The IPv4 default gateways of this host (its network namespace)."""
+    gateways: set[IPAddress] = set()
+    try:
+        with open(route_table) as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return frozenset()
+    for row in rows:
+        if len(row) > 2 and row[1] == "00000000" and row[2] != "00000000":
+            try:
+                gateways.add(ipaddress.IPv4Address(struct.pack("<L", int(row[2], 16))))
+            except ValueError:
+                continue
+    return frozenset(gateways)
+
+
 @dataclass(frozen=True)
 class Change:
     """A masquerade name whose address changed (old is None the first time)."""
@@ -160,12 +181,14 @@ class PassiveAddresses:
     """Decides the 227 address per client; owned by one worker's event loop."""
 
     def __init__(self, default: str, rules: tuple[AddressRule, ...], local_direct: bool,
-                 resolved: Mapping[str, str], networks: tuple[Network, ...]) -> None:
+                 resolved: Mapping[str, str], networks: tuple[Network, ...],
+                 gateways: frozenset[IPAddress] = frozenset()) -> None:
         self.default = default
         self.rules = rules
         self.local_direct = local_direct
         self.resolved: dict[str, str] = dict(resolved)
         self.networks = networks
+        self.gateways = gateways
 
     @classmethod
     def from_config(cls, config: Any, resolved: Mapping[str, str],
@@ -173,8 +196,9 @@ class PassiveAddresses:
         passive = config.passive
         if networks is None:
             networks = local_networks() if passive.local_direct else ()
+        gateways = default_gateways() if passive.local_direct else frozenset()
         return cls(passive.address, passive.address_map, passive.local_direct, resolved,
-                   networks)
+                   networks, gateways)
 
     @property
     def names(self) -> list[str]:
@@ -195,15 +219,16 @@ class PassiveAddresses:
                 # An explicit entry wins; if its name does not resolve (yet), the
                 # connected-to address is the best guess left.
                 return self._lookup(rule.address)
-        if self.local_direct and (peer.is_loopback or any(
+        if self.local_direct and peer not in self.gateways and (peer.is_loopback or any(
                 peer.version == net.version and peer in net for net in self.networks)):
             return unmapped(local)
         if self.default:
             return self._lookup(self.default)
         return None
 
-    def apply(self, results: Mapping[str, str | OSError],
-              networks: tuple[Network, ...] | None) -> tuple[list[Change], dict[str, OSError]]:
+    def apply(self, results: Mapping[str, str | OSError], networks: tuple[Network, ...] | None,
+              gateways: frozenset[IPAddress] | None = None
+              ) -> tuple[list[Change], dict[str, OSError]]:
         """Take new lookup results; failures keep the previous address."""
         changes: list[Change] = []
         failures: dict[str, OSError] = {}
@@ -219,13 +244,18 @@ class PassiveAddresses:
             self.resolved = {**self.resolved, **{c.name: c.new for c in changes}}
         if networks is not None:
             self.networks = networks
+        if gateways is not None:
+            self.gateways = gateways
         return changes, failures
 
 
 def _lookup_job(names: list[str], current: dict[str, str], interfaces: bool
-                ) -> tuple[dict[str, str | OSError], tuple[Network, ...] | None]:
+                ) -> tuple[dict[str, str | OSError], tuple[Network, ...] | None,
+                           frozenset[IPAddress] | None]:
     """The blocking part of a refresh, run in an Offloader thread."""
-    return resolve_all(names, current), (local_networks() if interfaces else None)
+    if not interfaces:
+        return resolve_all(names, current), None, None
+    return resolve_all(names, current), local_networks(), default_gateways()
 
 
 class Refresher:
@@ -244,16 +274,10 @@ class Refresher:
         self.worker = worker
         self._busy = False
         self._failing: set[str] = set()
-        self._timer: Any = None
 
     def start(self) -> None:
         if self.addresses.names or self.addresses.local_direct:
-            self._timer = self.ioloop.call_every(self.interval, self.refresh)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            self.ioloop.call_every(self.interval, self.refresh)
 
     def refresh(self) -> None:
         if self._busy:
@@ -268,8 +292,8 @@ class Refresher:
         if isinstance(outcome, BaseException):
             log.error("refreshing the passive addresses failed: %r", outcome)
             return
-        results, networks = outcome
-        changes, failures = self.addresses.apply(results, networks)
+        results, networks, gateways = outcome
+        changes, failures = self.addresses.apply(results, networks, gateways)
         level = logging.INFO if self.worker == 0 else logging.DEBUG
         for change in changes:
             self._failing.discard(change.name)

@@ -20,12 +20,13 @@ thread pool for seconds each.
 from __future__ import annotations
 
 import ctypes
+import grp
 import logging
 import os
 import pwd
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("ftpd.pam")
@@ -294,16 +295,26 @@ class SystemAccount:
     gid: int
     groups: tuple[int, ...]
     home: str
+    group_names: dict[int, str] = field(default_factory=dict)  # for LIST in the jail
 
 
 def lookup_account(name: str) -> SystemAccount | None:
-    """The account from the name service (passwd, group), or None if unknown."""
+    """The account from the name service (passwd, group), or None if unknown.
+
+    Blocking (LDAP, SSSD): called in the offload threads, never on the loop.
+    """
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
         return None
     groups = tuple(dict.fromkeys(os.getgrouplist(name, entry.pw_gid)))
-    return SystemAccount(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
+    names = {}
+    for gid in groups:
+        try:
+            names[gid] = grp.getgrgid(gid).gr_name
+        except KeyError:
+            pass
+    return SystemAccount(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, names)
 
 
 class SystemAuthorizer:

@@ -168,19 +168,6 @@ def port_range_kind() -> Kind:
     return Kind(allowed, parse)
 
 
-def host_kind() -> Kind:
-    allowed = 'an IP address or a DNS name, or "" for none'
-
-    def parse(value: Any) -> str:
-        _expect(value, str, allowed)
-        value = value.strip()
-        if value and not re.fullmatch(r"[0-9A-Za-z.:\-]{1,253}", value):
-            raise Invalid(f"{value!r} is not {allowed}")
-        return value
-
-    return Kind(allowed, parse)
-
-
 def path_kind(optional: bool = False) -> Kind:
     allowed = "an absolute path" + (' or "" for none' if optional else "")
 

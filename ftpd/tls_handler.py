@@ -253,6 +253,7 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
         self._deadline: _HandshakeDeadline | None = None
         self._tls_fields: dict[str, str] = {}
         self._data_tls: collections.Counter[str] = collections.Counter()
+        self._held_output: list[str] | None = None  # see handle()
         super().__init__(conn, server, ioloop=ioloop)
 
     # --- contexts
@@ -272,15 +273,27 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
     # --- starting TLS
 
     def handle(self) -> None:
-        if not self.implicit_tls:
-            super().handle()
-            return
-        self.on_connect()
-        if self._closed:
-            return
-        # Implicit FTPS: as if AUTH TLS, PBSZ 0 and PROT P had been sent.
-        self._pbsz = self._prot = True
-        self.secure_connection(self._session_context())
+        if self.implicit_tls:
+            # Nothing may go out in clear on an implicit listener: hold the
+            # output (the 220, or SessionHandler's 421 refusal) until the
+            # handshake is done. A refused connection is then just closed.
+            # Holding also keeps the socket off WRITE events during the
+            # handshake (pyftpdlib would retry it on every writable event).
+            self._held_output = []
+        super().handle()  # bans and limits (SessionHandler), on_connect(), the 220
+
+    def on_connect(self) -> None:
+        super().on_connect()
+        if self.implicit_tls and not self._closed:
+            # Implicit FTPS: as if AUTH TLS, PBSZ 0 and PROT P had been sent.
+            self._pbsz = self._prot = True
+            self.secure_connection(self._session_context())
+
+    def push(self, data: str) -> None:
+        if self._held_output is not None:
+            self._held_output.append(data)
+        else:
+            super().push(data)
 
     def ftp_AUTH(self, line: str) -> None:
         if not isinstance(self.socket, SSL.Connection):
@@ -307,16 +320,9 @@ class TlsSessionHandler(SessionHandler, TLS_FTPHandler):
         mode = "implicit" if self.implicit_tls else "explicit"
         self.tls_event("tls", f"TLS established ({mode})", logging.INFO, tls_mode=mode,
                        listener=self.listener or None, **self._tls_fields)
-        if self.implicit_tls:
-            self._send_banner()
-
-    def _send_banner(self) -> None:
-        # FTPHandler.handle() without on_connect(), which ran at accept.
-        if len(self.banner) <= 75:
-            self.respond(f"220 {self.banner!s}")
-        else:
-            self.push(f"220-{self.banner!s}\r\n")
-            self.respond("220 ")
+        held, self._held_output = self._held_output, None
+        for data in held or ():
+            self.push(data)
 
     def handle_failed_ssl_handshake(self) -> None:
         # No reply is possible: the client speaks TLS (or garbage) by now.

@@ -106,8 +106,8 @@ class Worker:
         handler = build_handler(spec.config, self.runtime, authorizer, spec.passive_ports,
                                 spec.masquerade_ip)
         # 227 addresses per client (re-resolved in the background), port-20 helper, stats.
-        self.data_channel = datachannel.start_worker(handler, spec.config, spec.data,
-                                                     self.ioloop, self.offloader, self.runtime)
+        self.passive_refresher = datachannel.start_worker(
+            handler, spec.config, spec.data, self.ioloop, self.offloader, self.runtime)
         pick = handler_for_listener(handler, spec.tls)  # plain, explicit or implicit FTPS
         self.servers = [FTPServer(sock, pick(sock), ioloop=self.ioloop, backlog=BACKLOG)
                         for sock in spec.listeners]

@@ -89,7 +89,7 @@ class Daemon:
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self, wait: bool = True) -> Daemon:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ftpd", "serve", "-c", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -144,3 +144,20 @@ def test_session_after_active_transfer_is_idle_for_a_stop(make_daemon):
     assert time.monotonic() - started < 10
     with pytest.raises((ftplib.error_temp, EOFError, OSError)):
         client.voidcmd("NOOP")  # 421 on shutdown
+
+
+def test_source_port_taken_gives_425_saying_so(make_daemon):
+    daemon = make_daemon(workers=1, active={"connect_from_port_20": True})
+    try:
+        squatter = socket.create_server(("127.0.0.1", daemon.port - 1))
+    except OSError:
+        pytest.skip("the port below the control port is in use already")
+    with squatter, socket.create_server(("127.0.0.1", 0)) as listener:
+        client = daemon.ftp()
+        port = listener.getsockname()[1]
+        with pytest.raises(ftplib.error_temp) as err:
+            client.sendcmd(f"PORT {_port_arg('127.0.0.1', port)}")
+        assert str(err.value).startswith(
+            f"425 Can't open data connection to 127.0.0.1:{port}: cannot use source port "
+            f"{daemon.port - 1} (Address already in use).")
+        client.quit()

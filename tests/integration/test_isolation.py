@@ -243,6 +243,36 @@ def test_sigterm_stops_session_processes_and_exits_zero(jailed):
     assert "killing" not in daemon.log()
 
 
+def test_shutdown_timeout_ends_a_stalled_isolated_transfer(make_daemon):
+    daemon, _ = make_jailed(make_daemon, server={"shutdown_timeout": 2})
+    (daemon.root / "big.bin").write_bytes(os.urandom(32 << 20))
+    client = daemon.ftp()
+    client.voidcmd("TYPE I")
+    download = client.transfercmd("RETR big.bin")  # never read: the transfer stalls
+    tree = psutil.Process(daemon.proc.pid).children(recursive=True)
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert time.monotonic() - started < 2 + 5  # deadline, then the child's own exit
+    assert not [p for p in tree if p.is_running() and p.status() != "zombie"]
+    download.close()
+    client.close()
+
+
+def test_idle_timer_and_log_files_carry_on_in_the_jail(make_daemon, tmp_path):
+    events, xferlog = tmp_path / "events.json", tmp_path / "xferlog"
+    daemon, _ = make_jailed(make_daemon, server={"idle_timeout": 2},
+                            log={"json": str(events), "xferlog": str(xferlog)})
+    client = daemon.ftp()
+    pid = session_pid(daemon, client)
+    client.retrbinary("RETR sub/ok.txt", io.BytesIO().write)
+    with pytest.raises(ftplib.error_temp, match="421"):
+        client.getresp()  # the idle timer runs on the session process's own loop
+    wait_for(lambda: f'"PID": "{pid}"' in events.read_text() and "sub/ok.txt" in
+             xferlog.read_text(), what="the jailed process's events in the log files")
+    assert '"FTP_EVENT": "download"' in events.read_text()
+
+
 def test_reload_lets_isolated_sessions_finish(jailed):
     daemon, _ = jailed
     client = daemon.ftp()
@@ -311,3 +341,36 @@ def test_plain_socket_not_used_by_the_worker_after_hand_over(jailed):
     assert sock.recv(100).startswith(b"220")  # and the worker still accepts
     sock.close()
     client.quit()
+
+
+def test_data_from_port_20_in_a_session_process(make_daemon):
+    """The jailed session cannot bind L-1 itself: it forks its own helper before the chroot."""
+    port = next(p for p in range(700, 1000) if _free(p) and _free(p - 1))
+    settings = {key: dict(value) for key, value in PROCESS.items()}
+    settings["server"]["listen"] = [f"127.0.0.1:{port}"]
+    daemon = make_daemon(workers=1, start=False, active={"connect_from_port_20": True},
+                         **settings)
+    daemon.port = port
+    (daemon.root / "f.txt").write_bytes(b"data")
+    daemon.start()
+    client = daemon.ftp()
+    client.voidcmd("TYPE I")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        target = listener.getsockname()[1]
+        client.sendcmd(f"PORT 127,0,0,1,{target // 256},{target % 256}")
+        client.putcmd("RETR f.txt")
+        conn, peer = listener.accept()
+        assert peer[1] == port - 1  # privileged, from the unprivileged session process
+        assert conn.recv(100) == b"data"
+        conn.close()
+    assert client.getresp().startswith("125") and client.voidresp().startswith("226")
+    client.quit()
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

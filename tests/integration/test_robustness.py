@@ -78,7 +78,7 @@ def test_fuzzed_commands_get_replies_and_never_a_traceback(fuzz_daemon, lines):
 
 
 def test_connection_flood_is_bounded_and_others_are_served(make_daemon):
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     daemon = make_daemon(workers=2, server={"max_sessions_per_ip": 16, "max_sessions": 200})
     flood = []

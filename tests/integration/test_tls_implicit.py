@@ -6,6 +6,7 @@ import ftplib
 import io
 import os
 import signal
+import socket
 
 import pytest
 
@@ -92,3 +93,17 @@ def test_implicit_listener_added_and_removed_by_reload(make_daemon, ca):
     daemon.wait_log(r"reload done: generation 3")
     with pytest.raises(ConnectionRefusedError):
         ftps(daemon, ca, implicit=True, port=port)
+
+
+def test_implicit_sessions_obey_limits_without_clear_text(make_daemon, ca):
+    port = free_port()
+    daemon = make_daemon(server={"max_sessions_per_ip": 1},
+                         tls=tls_section(ca, implicit_listen=[f"127.0.0.1:{port}"]))
+    first = ftps(daemon, ca, implicit=True, port=port)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as second:
+        second.settimeout(10)
+        assert second.recv(100) == b""  # closed: no clear-text 421 on a TLS port
+    daemon.wait_log(r"event=refused .*reason=")
+    first.quit()
+    daemon.wait_log(r"event=disconnect .*tls_mode=implicit")
+    ftps(daemon, ca, implicit=True, port=port).quit()  # the slot is free again

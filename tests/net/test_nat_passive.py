@@ -8,6 +8,9 @@ matters (by default it ignores that address and would hide a bug), lftp with
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from tests.integration.tlskit import make_ca, tls_section
 
 from .ftplab import (
     FILE_TEXT,
@@ -192,3 +195,42 @@ def test_epsv_all_refuses_pasv_port_and_eprt(lab: Lab) -> None:
             assert session.send("PORT 10,200,1,2,117,48").startswith("501 PORT is not allowed")
             assert session.send("EPRT |1|10.200.1.2|30000|").startswith("501 EPRT is not")
             assert session.send("EPSV").startswith("229")
+
+
+def test_ftps_needs_the_address_because_the_nat_helper_cannot_read_tls(
+        lab: Lab, tmp_path: Path) -> None:
+    # The conntrack FTP helper on rtr rewrites plain-text 227 replies, which hides
+    # a missing [passive] address -- until the control connection is encrypted.
+    lab.set_ct_ftp_helper("rtr", port=lab.control_port)
+    tls = tls_section(make_ca(tmp_path / "ca"))
+    ftps = ("--ssl-reqd", "--insecure", *TRUST_227)  # the test CA names 127.0.0.1 only
+    with LabFtpd(lab, tls=tls) as ftpd:
+        plain = curl(lab, "cli", ftpd.url(PUBLIC_IP, "f.txt"), *TRUST_227)
+        assert (plain.returncode, plain.stdout) == (0, FILE_TEXT), plain.stderr
+        assert "227 Entering passive mode (10,200,1,1," in plain.stderr  # rewritten by rtr
+        secure = curl(lab, "cli", ftpd.url(PUBLIC_IP, "f.txt"), *ftps, "--connect-timeout", "2")
+        assert secure.returncode != 0
+        assert "227 Entering passive mode (10,200,2,2," in secure.stderr  # not rewritten
+    with LabFtpd(lab, tls=tls, passive={"address": PUBLIC_IP}) as ftpd:
+        secure = curl(lab, "cli", ftpd.url(PUBLIC_IP, "f.txt"), *ftps)
+        assert (secure.returncode, secure.stdout) == (0, FILE_TEXT), secure.stderr
+
+
+def test_router_that_source_nats_inbound_clients_still_gets_the_public_address(
+        lab: Lab) -> None:
+    # Like Docker's userland proxy or some load balancers: rtr also masquerades what it
+    # forwards to srv, so every outside client appears as rtr's inside address -- on
+    # srv's own subnet. local_direct must not take it for a LAN client.
+    lab.run("rtr", "nft", "add rule ip lab postrouting oifname \"inside\" masquerade",
+            check=True)  # gone at the lab's reset (the table is replaced)
+    with LabFtpd(lab, passive={"address": PUBLIC_IP}) as ftpd:
+        run = curl(lab, "cli", ftpd.url(PUBLIC_IP, "f.txt"), *TRUST_227)
+        assert (run.returncode, run.stdout) == (0, FILE_TEXT), run.stderr
+        assert "227 Entering passive mode (10,200,1,1," in run.stderr
+        run = lftp(lab, "cli", ftpd.url(PUBLIC_IP), "set ftp:prefer-epsv no; cat f.txt")
+        assert (run.returncode, run.stdout) == (0, FILE_TEXT), run.stderr
+        assert "remote_addr=10.200.2.1" in ftpd.log()  # what srv saw: the router
+        # A real LAN client still gets srv's own address.
+        run = curl(lab, "lan", ftpd.url(SRV_IP, "f.txt"), *TRUST_227)
+        assert (run.returncode, run.stdout) == (0, FILE_TEXT), run.stderr
+        assert "227 Entering passive mode (10,200,2,2," in run.stderr

@@ -43,6 +43,22 @@ def test_local_direct_and_default(client: str, expected: str) -> None:
     assert table().address_for(client, "192.168.1.5") == expected
 
 
+def test_the_default_gateway_is_not_a_direct_client(tmp_path: Path) -> None:
+    # A router that source-NATs inbound connections (Docker's userland proxy, some load
+    # balancers) makes every client appear as itself, on our subnet.
+    routes = tmp_path / "route"
+    routes.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "eth0\t00000000\t0101A8C0\t0003\t0\t0\t0\t00000000\n"   # default via 192.168.1.1
+        "eth0\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\n")
+    gateways = nat.default_gateways(str(routes))
+    assert gateways == {ipaddress.ip_address("192.168.1.1")}
+    addresses = nat.PassiveAddresses("203.0.113.7", (), True, {}, LAN, gateways)
+    assert addresses.address_for("192.168.1.1", "192.168.1.5") == "203.0.113.7"
+    assert addresses.address_for("192.168.1.20", "192.168.1.5") == "192.168.1.5"
+    assert nat.default_gateways(str(tmp_path / "missing")) == frozenset()
+
+
 def test_local_direct_off_sends_everyone_to_the_default() -> None:
     assert table(local_direct=False).address_for("192.168.1.20", "192.168.1.5") == \
         "203.0.113.7"
@@ -154,7 +170,7 @@ def test_refresher_logs_changes_once_and_never_stacks_lookups(caplog) -> None:
     assert loop.every[0][0] == 300
     caplog.set_level(logging.DEBUG, logger="ftpd.events")
 
-    offloader.results = [({"ftp.example.test": "203.0.113.2"}, None)]
+    offloader.results = [({"ftp.example.test": "203.0.113.2"}, None, None)]
     refresher.refresh()
     refresher.refresh()  # still waiting for the first lookup: not submitted again
     assert len(offloader.pending) == 1
@@ -163,7 +179,7 @@ def test_refresher_logs_changes_once_and_never_stacks_lookups(caplog) -> None:
     assert "passive address ftp.example.test changed from 203.0.113.1 to 203.0.113.2" \
         in caplog.text
 
-    outage = ({"ftp.example.test": OSError("Temporary failure in name resolution")}, None)
+    outage = ({"ftp.example.test": OSError("Temporary failure in name resolution")}, None, None)
     offloader.results = [outage, outage]
     for _ in range(2):
         refresher.refresh()
@@ -172,7 +188,7 @@ def test_refresher_logs_changes_once_and_never_stacks_lookups(caplog) -> None:
     assert "keeping 203.0.113.2" in caplog.text
     assert addresses.resolved == {"ftp.example.test": "203.0.113.2"}
 
-    offloader.results = [({"ftp.example.test": "203.0.113.2"}, None)]
+    offloader.results = [({"ftp.example.test": "203.0.113.2"}, None, None)]
     refresher.refresh()
     offloader.deliver()
     assert "ftp.example.test resolves again" in caplog.text

@@ -83,9 +83,10 @@ def test_unbindable_passive_ports_are_named(tmp_path: Path, sysctls: Path) -> No
     port = holder.getsockname()[1]
     try:
         cfg = load(tmp_path, f'[server]\nlisten = ["127.0.0.1:2121"]\nworkers = 1\n'
-                             f'[passive]\nports = "{port}-{port + 1}"\n')
+                             f'[passive]\nports = "{port}-{port}"\n')
         found = run(cfg, sysctls, probe=True)
-        assert f"1 of 2 ports cannot be bound on 127.0.0.1: {port} (in use)" in found
+        assert f"1 of 1 ports cannot be bound on 127.0.0.1: {port} (in use)" in found
+        assert "PASV and EPSV will all fail with 425" in found
         assert f"`ss -tanp '( sport = :{port} )'`" in found
         assert "cannot be bound" not in run(cfg, sysctls, probe=False)
     finally:
@@ -104,6 +105,10 @@ def test_port_20_needs_root_or_the_capability(tmp_path: Path, sysctls: Path) -> 
                           '[passive]\nports = "61000-61009"\n'
                           '[active]\nconnect_from_port_20 = true\n')
     assert run(high, sysctls, euid=1000) == ""  # 2120 needs no privilege
+    isolated = load(tmp_path, '[server]\nlisten = ["127.0.0.1:21"]\n'
+                              '[passive]\nports = "61000-61009"\n[users]\nisolation = "process"\n'
+                              '[active]\nconnect_from_port_20 = true\n')
+    assert 'does not work with users.isolation = "process"' in run(isolated, sysctls, euid=0)
 
 
 def test_config_warnings_include_the_diagnosis(tmp_path: Path) -> None:

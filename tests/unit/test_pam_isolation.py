@@ -103,3 +103,25 @@ def test_enter_jail_for_good(tmp_path: Path):
 def test_enter_jail_refuses_uid_0(tmp_path: Path):
     with pytest.raises(RuntimeError, match="uid 0"):
         enter_jail(str(tmp_path), 0, 0, [0])
+
+
+def test_pinned_journal_socket_survives_its_path(tmp_path: Path):
+    """A session process connects the journal socket before chroot(2); after
+    it, the path no longer resolves (here: it is gone) but records still arrive."""
+    import logging
+    import socket
+
+    from ftpd.logsinks import JournalHandler
+
+    path = tmp_path / "journal.socket"
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(path))
+    handler = JournalHandler(str(path))
+    handler.pin()
+    path.unlink()
+    handler.emit(logging.LogRecord("ftpd", logging.INFO, __file__, 1, "from the jail", None,
+                                   None))
+    journal.settimeout(5)
+    assert b"MESSAGE=from the jail" in journal.recv(65536)
+    handler.close()
+    journal.close()
