@@ -70,11 +70,11 @@ def test_killed_worker_is_replaced_and_other_sessions_survive(make_daemon):
     serving = _session_pid(daemon, client)
     victim = next(p for p in daemon.workers() if p.pid != serving)
     victim.kill()
+    daemon.wait_log(rf"\(pid {victim.pid}\) exited with status -9")
     _wait(lambda: len(daemon.workers()) == 2 and victim.pid not in
           {p.pid for p in daemon.workers()}, what="a replacement worker")
     assert client.nlst() == []
     client.quit()
-    assert "exited with status -9" in daemon.log()
 
 
 def test_stuck_worker_is_killed_by_heartbeat_timeout(make_daemon):
