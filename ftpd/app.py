@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import config as config_mod
 from . import datachannel, isolation, nat
 from . import logging as ftpd_logging
-from . import tls as tls_mod
 from . import users as users_mod
 from . import worker as worker_mod
 from .activation import adopt_listen_fds
@@ -35,8 +36,21 @@ class Payload:
     users: dict[str, User]
     masquerade_ip: str | None
     account: Account | None
-    tls: tls_mod.TlsSetup | None = None  # parsed as root; workers build contexts from it
+    tls: Any = None  # tls.TlsSetup, parsed as root; workers build contexts from it
     resolved: dict[str, str] = field(default_factory=dict)  # [passive] DNS names -> IPv4
+
+
+def load_tls(config: config_mod.Config) -> tuple[Any, list[str]]:
+    """The TLS set-up (None without a certificate), importing OpenSSL only then."""
+    if not config.tls.certificate:
+        return None, []
+    if sys.modules.get("OpenSSL", ...) is None:
+        raise StartupError(f"{config.origin('tls.certificate')}: tls.certificate: this daemon "
+                           "started without TLS; enabling it needs a restart "
+                           "(systemctl restart ftpd)")
+    from . import tls as tls_mod
+
+    return tls_mod.load(config)
 
 
 class FtpApp:
@@ -62,7 +76,7 @@ class FtpApp:
                 f"{config.origin('users.file')}: users.file: the users file has problems:\n"
                 + str(err)) from None
         # A certificate that cannot be used fails the load: a reload keeps the old one.
-        tls_setup, tls_warnings = tls_mod.load(config)
+        tls_setup, tls_warnings = load_tls(config)
         self._setup_logging(config)
         # Masquerade names are resolved here once (never fatal: workers retry).
         resolved = nat.resolve_at_start(config)

@@ -21,6 +21,11 @@ def _config_path(args: argparse.Namespace) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import logging as ftpd_logging
+
+    if not config_mod.mentions_tls(_config_path(args)):
+        # pyftpdlib imports OpenSSL (and cryptography) whenever installed:
+        # ~10 MB in every process of a daemon that has no use for it.
+        sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
     from .app import FtpApp
     from .privileges import BindError, StartupError, raise_open_files_limit
     from .supervisor import Supervisor

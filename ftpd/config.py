@@ -101,6 +101,21 @@ def _merge(path: str, data: dict[str, Any], raw: dict[str, tuple[Any, str]],
             raw[key] = (value, path)
 
 
+def mentions_tls(path: str) -> bool:
+    """Whether the files set tls.certificate (a cheap peek, before any import of OpenSSL).
+
+    Unreadable files count as yes: the real load reports them.
+    """
+    for file in config_files(path):
+        data = _read_toml(file, [])
+        if data is None:
+            return True
+        tls = data.get("tls")
+        if isinstance(tls, dict) and tls.get("certificate"):
+            return True
+    return False
+
+
 def load(path: str) -> Config:
     """Read and validate the configuration at `path` and its conf.d; raise ConfigError."""
     problems: list[Problem] = []
@@ -140,7 +155,7 @@ def _cross_check(config: Config) -> list[Problem]:
             f"the range has {len(ports)} ports but there are {config.server.workers} workers; "
             "each worker needs at least one port of its own: widen the range or lower "
             "server.workers"))
-    from .tls import static_problems as tls_problems  # tls imports this module
+    from .tlsrules import static_problems as tls_problems  # it imports this module
 
     problems.extend(tls_problems(config))
     from .isolation import config_problems as isolation_problems

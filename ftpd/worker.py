@@ -31,7 +31,6 @@ from .bans import BanTable
 from .handler import WorkerRuntime, build_handler
 from .limits import Limits, SessionTable
 from .offload import Offloader
-from .tls_handler import handler_for_listener
 from .users import User
 
 log = logging.getLogger("ftpd.worker")
@@ -108,7 +107,13 @@ class Worker:
         # 227 addresses per client (re-resolved in the background), port-20 helper, stats.
         self.passive_refresher = datachannel.start_worker(
             handler, spec.config, spec.data, self.ioloop, self.offloader, self.runtime)
-        pick = handler_for_listener(handler, spec.tls)  # plain, explicit or implicit FTPS
+        if spec.tls is None:
+            def pick(sock: socket.socket) -> type[Any]:
+                return handler
+        else:
+            from .tls_handler import handler_for_listener  # OpenSSL only when TLS is on
+
+            pick = handler_for_listener(handler, spec.tls)  # explicit or implicit FTPS
         self.servers = [FTPServer(sock, pick(sock), ioloop=self.ioloop, backlog=BACKLOG)
                         for sock in spec.listeners]
         for server in self.servers:
