@@ -102,3 +102,24 @@ def test_fifty_concurrent_sessions_use_at_least_two_workers(make_daemon):
     log = daemon.wait_log(r"event=login ", count=50)
     serving_pids = set(re.findall(r"ftpd\[(\d+)\] INFO login of", log))
     assert len(serving_pids) >= 2, serving_pids
+
+
+def test_passive_ports_during_a_reload_never_collide_or_leave_the_range(make_daemon):
+    import signal
+
+    daemon = make_daemon(workers=1, passive_size=2)
+    old = daemon.ftp()
+    held = _port_of(old.sendcmd("PASV"))  # the old generation holds one port
+    daemon.write_config(server={"banner": "generation two"})
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_log(r"reload done: generation 2 serving")
+    new = daemon.ftp()
+    assert "generation two" in new.getwelcome()
+    other = _port_of(new.sendcmd("PASV"))  # same slice, but the held port is skipped
+    assert other != held and other in daemon.passive
+    third = daemon.ftp()
+    with pytest.raises(ftplib.error_temp, match="425"):
+        third.sendcmd("PASV")  # both ports in use: 425, never a port outside the range
+    assert third.voidcmd("NOOP").startswith("200")
+    for client in (old, new, third):
+        client.quit()

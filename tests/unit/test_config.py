@@ -68,6 +68,7 @@ def test_wrong_types_are_all_reported_at_once(tmp_path):
     ('"60000-50000"', "reversed"),
     ('"80-90"', "outside 1024-65535"),
     ('"50000"', "FIRST-LAST"),
+    ('""', "FIRST-LAST"),
     ("5", "expected a range"),
 ])
 def test_bad_port_ranges(tmp_path, value, needle):
