@@ -29,6 +29,7 @@ from .limits import Limits, SessionTable
 from .logging import event
 from .offload import Offloader
 from .passive import RangePassiveDTP
+from .transfer import DataChannel
 from .userpolicy import UserPolicy
 
 log = logging.getLogger("ftpd.session")
@@ -63,6 +64,7 @@ class SessionHandler(UserPolicy, DataChannelPolicy, FTPHandler):
     authorizer: VirtualAuthorizer
     masquerade_ip: str | None = None
     passive_dtp = RangePassiveDTP
+    dtp_handler = DataChannel
     abstracted_fs = ConfinedFS
     use_sendfile = True
 
