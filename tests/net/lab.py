@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import subprocess
@@ -47,10 +46,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from .probes import LISTENER_SCRIPT, PROBE_SCRIPT, Listener, Probe
 
 PREFIX = "ftpdlab"
 
@@ -183,70 +183,6 @@ _WITH_HOSTS = (
 # must not go looking for it): a closed port on the namespace's own loopback refuses.
 _RESOLV_CONF = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
 
-# A TCP server for topology checks: greets each peer with "hello <ip>:<port>", answers
-# "ack" to each chunk the peer sends (so a client can pace its commands, one per packet, as
-# the conntrack FTP helper expects) and at EOF reports the connection as one JSON line.
-_LISTENER = r"""
-import json, selectors, socket, sys, threading
-def serve(conn, peer, lport):
-    conn.settimeout(3)
-    data = b""
-    try:
-        conn.sendall(f"hello {peer[0]}:{peer[1]}\n".encode())
-        while chunk := conn.recv(4096):
-            data += chunk
-            conn.sendall(b"ack\n")
-    except OSError:
-        pass
-    conn.close()
-    event = {"ip": peer[0], "port": peer[1], "lport": lport, "data": data.decode("latin-1")}
-    print(json.dumps(event), flush=True)
-sel = selectors.DefaultSelector()
-for port in sys.argv[1:]:
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(port)))
-    s.listen(64)
-    sel.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while True:
-    for key, _ in sel.select():
-        conn, peer = key.fileobj.accept()
-        lport = conn.getsockname()[1]
-        threading.Thread(target=serve, args=(conn, peer, lport), daemon=True).start()
-"""
-
-# A TCP client: connect (optionally from a fixed source port), read the greeting, send each
-# payload in its own segment and wait for its ack, and report the outcome as one JSON line.
-_PROBE = r"""
-import json, socket, sys
-addr, port, timeout, sport, *payloads = sys.argv[1:]
-s = socket.socket()
-s.settimeout(float(timeout))
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-result = {"error": "", "reply": ""}
-try:
-    if int(sport):
-        s.bind(("0.0.0.0", int(sport)))
-    s.connect((addr, int(port)))
-    result["reply"] = s.recv(4096).decode("latin-1")
-    for payload in payloads:
-        s.sendall(payload.encode("latin-1"))
-        s.recv(4096)
-    s.shutdown(socket.SHUT_WR)
-    while s.recv(4096):
-        pass
-except TimeoutError:
-    result["error"] = "timeout"
-except ConnectionRefusedError:
-    result["error"] = "refused"
-except OSError as e:
-    result["error"] = e.strerror or str(e)
-print(json.dumps(result))
-"""
-
-
 def unavailable_reason() -> str | None:
     """Why the lab cannot run on this machine, or None when it can."""
     if os.geteuid() != 0:
@@ -329,78 +265,6 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
         if match and path.is_dir() and not _pid_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
     return stale
-
-
-@dataclass(frozen=True)
-class Probe:
-    """Outcome of :meth:`Lab.connect`: ``error`` is "" on success, else "timeout",
-    "refused" or the OS error text; ``reply`` is the greeting the server sent."""
-
-    error: str
-    reply: str
-    seconds: float
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """One connection a :class:`Listener` served: the peer as the server saw it."""
-
-    ip: str
-    port: int
-    lport: int
-    data: str
-
-
-class Listener:
-    """A TCP server started by :meth:`Lab.listen`; reports each connection it served."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self._buffer = b""
-
-    def _readline(self, timeout: float) -> str | None:
-        """Next stdout line, or None at timeout/EOF (raw fd reads: no hidden buffering)."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return None
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line.decode()
-
-    def wait_ready(self, timeout: float = 5.0) -> None:
-        line = self._readline(timeout)
-        if line != "ready":
-            self.close()
-            raise RuntimeError(f"listener did not start (got {line!r})")
-
-    def accepted(self, timeout: float = 2.0) -> Accepted | None:
-        """The next connection served, or None if there is none within ``timeout``."""
-        line = self._readline(timeout)
-        return None if line is None else Accepted(**json.loads(line))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Lab:
@@ -571,7 +435,7 @@ class Lab:
 
     def listen(self, host: str, ports: Iterable[int]) -> Listener:
         """Start a TCP server on ``ports`` (any address) in ``host``; see :class:`Listener`."""
-        argv = [sys.executable, "-I", "-S", "-c", _LISTENER, *map(str, ports)]
+        argv = [sys.executable, "-I", "-S", "-c", LISTENER_SCRIPT, *map(str, ports)]
         listener = Listener(self.popen(host, argv, stdout=subprocess.PIPE))
         listener.wait_ready()
         return listener
@@ -592,7 +456,7 @@ class Lab:
         segment that follows a newline-terminated one, so send e.g. a USER line before PORT.
         """
         args = [address, *map(str, (port, timeout, source_port)), *send]
-        argv = [sys.executable, "-I", "-S", "-c", _PROBE, *args]
+        argv = [sys.executable, "-I", "-S", "-c", PROBE_SCRIPT, *args]
         started = time.monotonic()
         proc = self.run(host, *argv, timeout=timeout + 10, check=True)
         result = json.loads(proc.stdout)
