@@ -270,12 +270,6 @@ def _bind_requested(request: bytes, allowed: frozenset[int]) -> socket.socket:
         raise OSError(errno.EINVAL, "malformed request") from None
     if family not in (socket.AF_INET, socket.AF_INET6) or port not in allowed:
         raise OSError(errno.EPERM, "port not allowed")
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # Several data connections share the port at once, each its own 4-tuple.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    from .active import bind_source  # the same bind an unprivileged worker would do
+
+    return bind_source(family, host, port)

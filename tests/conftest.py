@@ -25,6 +25,17 @@ import pytest
 PASSWORD = "s3cret-Pa55"
 
 
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
+    """Poll `predicate` until it returns something true; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

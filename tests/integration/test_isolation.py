@@ -19,22 +19,13 @@ import time
 import psutil
 import pytest
 
+from tests.conftest import wait_for
 from tests.integration.tlskit import ftps, make_ca, tls_section
 
 SECRET = b"s" * 12345
 NOBODY, NOGROUP = 65534, 65534
 PROCESS = {"server": {"user": "nobody", "group": "nogroup"},
            "users": {"isolation": "process"}}
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def session_pid(daemon, client) -> int:

@@ -13,17 +13,9 @@ import time
 import psutil
 import pytest
 
+from tests.conftest import wait_for
+
 BIG = 24 * 1024 * 1024
-
-
-def _wait(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _session_pid(daemon, client) -> int:
@@ -71,7 +63,7 @@ def test_killed_worker_is_replaced_and_other_sessions_survive(make_daemon):
     victim = next(p for p in daemon.workers() if p.pid != serving)
     victim.kill()
     daemon.wait_log(rf"\(pid {victim.pid}\) exited with status -9")
-    _wait(lambda: len(daemon.workers()) == 2 and victim.pid not in
+    wait_for(lambda: len(daemon.workers()) == 2 and victim.pid not in
           {p.pid for p in daemon.workers()}, what="a replacement worker")
     assert client.nlst() == []
     client.quit()
@@ -82,7 +74,7 @@ def test_stuck_worker_is_killed_by_heartbeat_timeout(make_daemon):
     victim = daemon.workers()[0]
     victim.suspend()
     daemon.wait_log(r"made no progress for \d+ s; killing it", timeout=15)
-    _wait(lambda: len(daemon.workers()) == 2 and victim.pid not in
+    wait_for(lambda: len(daemon.workers()) == 2 and victim.pid not in
           {p.pid for p in daemon.workers()}, what="replacement of the stuck worker")
     daemon.ftp().quit()
 
@@ -172,7 +164,7 @@ def test_sigterm_lets_a_transfer_finish_then_exits_zero(make_daemon):
         except OSError:
             return True
 
-    _wait(refused, what="new connections refused")
+    wait_for(refused, what="new connections refused")
     assert download.finish().startswith("226")
     assert download.size == BIG and download.digest.hexdigest() == digest
     assert daemon.proc.wait(20) == 0
