@@ -1,6 +1,7 @@
 """bench/run: ftpd side by side with vsftpd, ProFTPD and Pure-FTPd on this machine's loopback.
 
-One server at a time: start it, run every workload against it, stop it by PID. Cleanup
+One server at a time: start it, run every workload against it, stop it by PID; for the
+FTPS workload start it once more with TLS required, time FTPS RETR, stop it. Cleanup
 (servers, load generators, the temporary user and its files) runs on normal exit, on
 errors and on SIGINT/SIGTERM/SIGHUP.
 """
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import debs, report, servers, system, throughput
+from bench import debs, report, servers, system, throughput, tls
 from bench.guard import NotLoopbackError, require_loopback
 from bench.loadgen import DEFAULT_POLICY
 from bench.profiles import PROFILES, Profile
@@ -32,7 +33,7 @@ from bench.stats import aggregate_storms
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 ALL_SERVERS = ["ftpd", "vsftpd", "proftpd", "pure-ftpd"]
-WORKLOADS = ["throughput", "sessions", "storm", "hold"]
+WORKLOADS = list(report.WORKLOADS)  # throughput, sessions, storm, hold, ftps
 PEERS = ALL_SERVERS[1:]
 LOADGEN_SLACK_S = 180.0  # on top of a workload's own duration before the loadgen is killed
 HOLD_STEP_TIMEOUT_S = 900.0
@@ -172,43 +173,76 @@ class Loadgen:
         return records
 
 
-def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Children,
-              workloads: list[str]) -> dict[str, Any]:
-    result: dict[str, Any] = {"name": name, "errors": []}
-    plan = servers.PLANS[name](ctx)
-    result.update(version=plan.version, notes=plan.notes, command=" ".join(plan.argv))
+def _start(name: str, plan: servers.Plan, ctx: servers.Context, children: Children,
+           record: dict[str, Any]) -> servers.RunningServer:
+    """Check the port and how busy the machine is, then start `plan`."""
     if not servers.port_is_free(ctx.host, ctx.port):
         raise RuntimeError(f"{ctx.host}:{ctx.port} is already in use")
     background = system.cpu_busy_over(2.0)
-    result["background_cpu_busy"] = round(background, 3)
+    record["background_cpu_busy"] = round(background, 3)
     if background > BUSY_WARNING:
         log(f"warning: the machine is {background:.0%} busy before {name} starts: other work "
             "will skew the figures")
-    log(f"{name} {plan.version}: starting on {ctx.host}:{ctx.port}")
+    log(f"{name} {plan.version}: starting on {ctx.host}:{ctx.port}"
+        + (" with TLS" if ctx.tls else ""))
     server = servers.RunningServer(plan, ctx.workdir)
     children.servers.append(server)
+    return server
+
+
+def _stop(name: str, server: servers.RunningServer, children: Children) -> None:
+    log(f"{name}: stopping pid {server.pid}")
+    server.stop()
+    children.servers.remove(server)
+
+
+def _step(name: str, server: servers.RunningServer, errors: list[str], label: str,
+          func: Any) -> Any:
+    """Run one workload; a failure is recorded in `errors` and gives None."""
+    log(f"{name}: {label}")
+    try:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{name} exited ({server.proc.returncode}): "
+                               f"{server.log_tail(500)}")
+        return func()
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
+        errors.append(f"{label}: {exc}")
+        log(f"{name}: {label} failed: {exc}")
+        return None
+    finally:
+        time.sleep(1.0)  # let TIME_WAIT and exiting session processes settle
+
+
+def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Children,
+              workloads: list[str], tls_files: tls.TlsFiles | None = None) -> dict[str, Any]:
+    """The plain workloads on one start of the server, then FTPS on a second start."""
+    result: dict[str, Any] = {"name": name, "errors": []}
+    if any(w != "ftps" for w in workloads):
+        bench_plain(name, ctx, profile, children, workloads, result)
+    if "ftps" not in workloads:
+        result["ftps"] = {"skipped": "not in --workloads"}
+    elif tls_files is None:
+        result["ftps"] = {"na": "no certificate"}
+    else:
+        result["ftps"] = bench_ftps(name, ctx, profile, children, tls_files, result)
+    return result
+
+
+def bench_plain(name: str, ctx: servers.Context, profile: Profile, children: Children,
+                workloads: list[str], result: dict[str, Any]) -> None:
+    plan = servers.PLANS[name](ctx)
+    result.update(version=plan.version, notes=plan.notes, command=" ".join(plan.argv))
+    server = _start(name, plan, ctx, children, result)
     try:
         result["banner"] = server.wait_ready(ctx.host, ctx.port).strip().splitlines()[-1]
         loadgen = Loadgen(children, ctx.host, ctx.port, ctx.user)
 
         def step(label: str, func: Any) -> Any:
-            log(f"{name}: {label}")
-            try:
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited ({server.proc.returncode}): "
-                                       f"{server.log_tail(500)}")
-                return func()
-            except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as exc:
-                result["errors"].append(f"{label}: {exc}")
-                log(f"{name}: {label} failed: {exc}")
-                return None
-            finally:
-                time.sleep(1.0)  # let TIME_WAIT and exiting session processes settle
+            return _step(name, server, result["errors"], label, func)
 
         if "throughput" in workloads:
             result["throughput"] = step("throughput", lambda: throughput.measure(
                 ctx.host, ctx.port, ctx.user, profile.reps))
-        result["ftps"] = {"skipped": throughput.FTPS_SKIP_REASON}
         result["sessions"] = {}
         for clients in profile.session_clients if "sessions" in workloads else ():
             def sessions(clients: int = clients) -> dict[str, Any]:
@@ -232,12 +266,56 @@ def bench_one(name: str, ctx: servers.Context, profile: Profile, children: Child
                 profile.hold_steps(), profile.hold_concurrency, server,
                 profile.capacity_target))
     finally:
-        log(f"{name}: stopping pid {server.pid}")
-        server.stop()
-        children.servers.remove(server)
+        _stop(name, server, children)
         if result["errors"]:  # the work directory is removed at the end: keep the evidence
             result["server_log_tail"] = server.log_tail(3000)
-    return result
+
+
+def bench_ftps(name: str, ctx: servers.Context, profile: Profile, children: Children,
+               tls_files: tls.TlsFiles, result: dict[str, Any]) -> dict[str, Any]:
+    """Start the server again with TLS required (own work directory) and time FTPS RETR.
+
+    Gives the measurement, {"na": reason} if the server cannot be configured for TLS, or
+    {"failed": reason} (also in result["errors"]) if it could not be measured."""
+    workdir = ctx.workdir / "ftps"
+    workdir.mkdir(mode=0o755, exist_ok=True)
+    tctx = dataclasses.replace(ctx, workdir=workdir, tls=tls_files)
+    try:
+        plan = servers.PLANS[name](tctx)
+    except servers.TlsUnsupported as exc:
+        log(f"{name}: FTPS n/a: {exc}")
+        return {"na": str(exc)}
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        result["errors"].append(f"FTPS set-up: {exc}")
+        log(f"{name}: FTPS set-up failed: {exc}")
+        return {"failed": f"set-up: {exc}"}
+    record: dict[str, Any] = {"notes": plan.notes, "command": " ".join(plan.argv)}
+    result.setdefault("version", plan.version)
+    result.setdefault("notes", [n for n in plan.notes if not n.startswith("TLS: ")])
+    errors: list[str] = []
+    server: servers.RunningServer | None = None
+    try:
+        server = _start(name, plan, tctx, children, record)
+        record["banner"] = server.wait_ready(ctx.host, ctx.port).strip().splitlines()[-1]
+        measured = _step(name, server, errors, "FTPS RETR", lambda: throughput.measure_ftps(
+            ctx.host, ctx.port, ctx.user, profile.reps))
+        if measured is not None:
+            record.update(measured)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        errors.append(f"FTPS RETR: {exc}")
+        log(f"{name}: FTPS: {exc}")
+    finally:
+        if server is not None:
+            _stop(name, server, children)
+            if errors:
+                record["server_log_tail"] = server.log_tail(3000)
+                for extra in sorted(workdir.glob("*.log")):  # e.g. ProFTPD's TLSLog
+                    record.setdefault("log_tails", {})[extra.name] = extra.read_text(
+                        errors="replace")[-2000:]
+    if errors:
+        result["errors"] += errors
+        record["failed"] = errors[0].removeprefix("FTPS RETR: ")
+    return record
 
 
 def warn_foreign_servers() -> list[str]:
@@ -263,10 +341,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(ALL_SERVERS),
                         help=f"comma-separated subset of {','.join(ALL_SERVERS)}")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
-                        help=f"comma-separated subset of {','.join(WORKLOADS)}")
+                        help=f"comma-separated subset of {','.join(WORKLOADS)} (ftps: "
+                             "RETR over explicit FTPS, each server started again with TLS)")
     parser.add_argument("--ftpd", help="path of the ftpd console script (default: on PATH)")
     parser.add_argument("--reps", type=int,
-                        help="timed RETR/STOR pairs per server (default: 7, quick: 1)")
+                        help="timed RETR/STOR (and FTPS RETR) pairs per server "
+                             "(default: 7, quick: 1)")
     parser.add_argument("--ftpd-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="extra ftpd setting, VALUE in TOML syntax (repeatable), "
                              "e.g. users.auth_cache_seconds=0")
@@ -331,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             peers = [n for n in names if n in PEERS]
             packages = [p for n in peers for p in servers.PEER_PACKAGES[n]]
             unpacked = debs.ensure(packages, args.cache) if packages else None
+            tls_packages = [p for n in peers for p in servers.PEER_TLS_PACKAGES.get(n, [])]
+            if unpacked is not None and tls_packages and "ftps" in workloads:
+                try:  # without them that peer's FTPS cell says n/a and why
+                    unpacked.versions.update(debs.ensure(tls_packages, args.cache).versions)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    log(f"warning: {', '.join(tls_packages)} not unpacked: {exc}")
             if unpacked is not None:
                 for peer, binary in (("vsftpd", "usr/sbin/vsftpd"),
                                      ("proftpd", "usr/sbin/proftpd"),
@@ -346,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             system.write_big_file(user.big_file, profile.file_bytes)
             workroot = Path(tempfile.mkdtemp(prefix="ftpbench-run-"))
             workroot.chmod(0o755)
+            tls_files = (tls.make_certificate(workroot / "tls", host)
+                         if "ftps" in workloads else None)
             results["meta"] = {
                 "machine": system.machine_facts(),
                 "profile": profile.as_dict(),
@@ -355,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 "foreign_servers": foreign,
                 "retry_policy": DEFAULT_POLICY.describe(),
                 "workloads": workloads,
+                "command": " ".join(["bench/run", *(sys.argv[1:] if argv is None else argv)]),
             }
             for index, name in enumerate(names):
                 workdir = workroot / name
@@ -363,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                                       unpacked, ftpd_bin, overrides)
                 try:
                     results["servers"][name] = bench_one(name, ctx, profile, children,
-                                                         workloads)
+                                                         workloads, tls_files)
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     log(f"{name}: {exc}")
                     results["servers"][name] = {"name": name, "errors": [str(exc)]}

@@ -1,15 +1,25 @@
-"""Turn the raw results into bench/RESULTS.md: figures, ratios to the best peer, targets."""
+"""Turn the raw results into bench/RESULTS.md: figures, ratios to the best peer, targets.
+
+`python3 -m bench.report merge-ftps DIR` merges the FTPS RETR results of a separate
+`--workloads ftps` run (DIR/RESULTS.json) into bench/RESULTS.md and bench/RESULTS.json.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.stats import best, ratio
 
 SUBJECT = "ftpd"
 BUSY_WARNING = 0.10
+WORKLOADS = ("throughput", "sessions", "storm", "hold", "ftps")
+FTPS_SECTION = "## FTPS RETR"
 Result = dict[str, Any]
 
 
@@ -144,7 +154,8 @@ def evaluate_targets(results: Result) -> list[tuple[str, str, str]]:
              "sessions/s at N=200 >= 1.5x best peer",
              "login storm: all logged in sooner than every peer",
              "PSS at 1,000 idle sessions <= 0.1x best peer",
-             f"{profile.get('capacity_target', 10000):,} idle sessions held with zero errors")
+             f"{profile.get('capacity_target', 10000):,} idle sessions held with zero errors",
+             FTPS_TARGET)
     if subject is None:
         return [(name, NA, "ftpd not run") for name in names]
     rows.append((names[0], *_ratio_target(subject, peers, "retr_ratio")))
@@ -188,7 +199,189 @@ def evaluate_targets(results: Result) -> list[tuple[str, str, str]]:
     else:
         rows.append((names[5], PASS if held is not None and held >= target else FAIL,
                      f"held {_fmt(held, 0)}"))
+    rows.append((names[6], *ftps_target(subject, peers)))
     return rows
+
+
+# --- FTPS RETR -----------------------------------------------------------------------------
+
+# TLS cannot use sendfile(), so there is no absolute floor: ftpd must lose no more to TLS
+# (relative to the plain-TCP bare copy) than any peer that could be configured for it.
+FTPS_TARGET = "FTPS RETR / paired bare copy >= every peer's"
+SKIPPED = "skipped"
+
+
+def ftps_state(server: Result) -> str | None:
+    """None if FTPS RETR was measured for `server`, else the text for its table cell:
+    'skipped', 'n/a: why' (cannot be configured for TLS) or 'failed: why'."""
+    ftps = server.get("ftps")
+    if not isinstance(ftps, dict):
+        return "—"
+    if ftps.get("retr_mb_s") is not None:
+        return None
+    for key, prefix in (("na", "n/a: "), ("failed", "failed: ")):
+        if ftps.get(key):
+            reason = " ".join(str(ftps[key]).split()).replace("|", "/")
+            return prefix + (reason if len(reason) <= 120 else reason[:117] + "...")
+    return SKIPPED if "skipped" in ftps else "—"
+
+
+def ftps_target(subject: Result, peers: list[Result]) -> tuple[str, str]:
+    state = ftps_state(subject)
+    if state is not None:
+        status = {SKIPPED: SKIPPED, "—": NA}.get(state, FAIL if state.startswith("failed")
+                                                   else NA)
+        return status, "not measured" if state == "—" else state
+    mine = _dig(subject, "ftps", "retr_ratio")
+    if mine is None:
+        return NA, "no ratio (bare copy missing)"
+    theirs = [float(_dig(p, "ftps", "retr_ratio")) for p in peers if ftps_state(p) is None
+              and _dig(p, "ftps", "retr_ratio") is not None]
+    if not theirs:
+        return NA, f"{mine:.3f}; no peer measured"
+    return (PASS if mine >= max(theirs) else FAIL,
+            f"{mine:.3f} (best peer {max(theirs):.3f})")
+
+
+def _tls_text(server: Result) -> str | None:
+    probe = _dig(server, "ftps", "probe")
+    if not isinstance(probe, dict) or not probe.get("tls_version"):
+        return None
+    return f"{probe['tls_version']} {probe.get('tls_cipher') or '?'}"
+
+
+def _resumed_text(server: Result) -> str | None:
+    probe = _dig(server, "ftps", "probe")
+    if not isinstance(probe, dict) or probe.get("handshakes") is None:
+        return None
+    data = int(probe["handshakes"]) - 1  # the first handshake is the control connection's
+    return f"{min(int(probe.get('resumed', 0)), data)} of {data}"
+
+
+def ftps_metrics() -> list[Metric]:
+    return [
+        Metric("FTPS RETR MB/s (curl, median)", lambda s: _dig(s, "ftps", "retr_mb_s"), True),
+        Metric("  paired bare sendfile copy MB/s",
+               lambda s: _dig(s, "ftps", "bare_retr_mb_s"), True, compare=False),
+        Metric("  FTPS RETR / bare copy", lambda s: _dig(s, "ftps", "retr_ratio"), True, 3),
+    ]
+
+
+def render_ftps_section(results: Result, note: str | None = None) -> list[str]:
+    """The FTPS RETR section: how it was measured, a table, the CPU check."""
+    servers: dict[str, Result] = results.get("servers", {})
+    profile = results.get("meta", {}).get("profile", {})
+    names = list(servers)
+    has_subject = SUBJECT in servers and any(n != SUBJECT for n in names)
+    size = _fmt(profile.get("file_bytes", 0) / 2**20, 0)
+    out = [FTPS_SECTION, ""]
+    if note:
+        out += [note, ""]
+    if all(ftps_state(s) == SKIPPED for s in servers.values()):
+        return [*out, "Not run: `ftps` was not in `--workloads`."]
+    out += ["Each server runs in a start of its own, separate from the plain workloads, "
+            "with TLS required for login and for every data connection and the same self-signed "
+            "RSA-2048 certificate (made by the "
+            "harness with `openssl req`); each server's data-connection session-reuse check, "
+            "TLS versions and ciphers stay at its defaults. `curl --ssl-reqd --insecure "
+            f"--output /dev/null ftp://127.0.0.1:PORT/pub/big.bin` (explicit FTPS: AUTH TLS, "
+            f"PROT P) downloads the same {size} MiB file as plain RETR, "
+            f"{profile.get('reps')} time(s), each followed by the same bare sendfile copy "
+            "(plain TCP: the ratio is what TLS costs each server against the loopback "
+            "ceiling); medians of the per-pair figures. An untimed verbose transfer of the "
+            "64 KiB file first records what curl negotiated.", ""]
+    header = "| metric | " + " | ".join(names) + " |"
+    rule = "|---|" + "---:|" * len(names)
+    if has_subject:
+        header += " ftpd / best peer |"
+        rule += "---:|"
+    out += [header, rule]
+    states = {n: ftps_state(servers[n]) for n in names}
+    for index, metric in enumerate(ftps_metrics()):
+        cells = [_fmt(metric.get(servers[n]), metric.digits) if states[n] is None
+                 else (str(states[n]) if index == 0 else "—") for n in names]
+        line = f"| {metric.label} | " + " | ".join(cells) + " |"
+        if has_subject:
+            measured = {n: s for n, s in servers.items() if states[n] is None}
+            rel = ratio(metric.get(servers[SUBJECT]), best_peer(measured, metric)) \
+                if SUBJECT in measured else None
+            line += f" {_fmt(rel, 2) if metric.compare else ''} |"
+        out.append(line)
+    texts: list[tuple[str, Callable[[Result], str | None]]] = [
+        ("  TLS negotiated with curl", _tls_text),
+        ("  data connections that resumed the session", _resumed_text)]
+    for label, text in texts:
+        cells = [text(servers[n]) or "—" for n in names]
+        out.append(f"| {label} | " + " | ".join(cells) + " |" + (" |" if has_subject else ""))
+    busy = {n: float(s["ftps"]["background_cpu_busy"]) for n, s in servers.items()
+            if isinstance(s.get("ftps"), dict)
+            and s["ftps"].get("background_cpu_busy") is not None}
+    if busy:
+        noisy = [n for n, b in busy.items() if b > BUSY_WARNING]
+        out += ["", "CPU busy with other work in the 2 s before each TLS start: "
+                + ", ".join(f"{n} {b:.0%}" for n, b in busy.items()) + "."
+                + (f" **Above {BUSY_WARNING:.0%} for {', '.join(noisy)}.**" if noisy else "")]
+    tls_notes = [(n, note_) for n, s in servers.items() if isinstance(s.get("ftps"), dict)
+                 for note_ in s["ftps"].get("notes", []) if note_.startswith("TLS: ")]
+    if tls_notes:
+        out += ["", "TLS set-up: " + "; ".join(f"{n}: {t.removeprefix('TLS: ')}"
+                                               for n, t in tls_notes) + "."]
+    return out
+
+
+def merge_ftps(markdown: str, ftps_results: Result, note: str) -> str:
+    """RESULTS.md of a full run with the FTPS RETR section (and target row) of a separate
+    `--workloads ftps` run: replaces an earlier FTPS section, the old 'skipped' rows."""
+    lines = markdown.rstrip("\n").split("\n")
+    if FTPS_SECTION in lines:  # drop an earlier merge
+        start = lines.index(FTPS_SECTION)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        lines[start:end] = []
+    lines = [ln for ln in lines if not ln.startswith("| FTPS RETR MB/s |")]
+    servers: dict[str, Result] = ftps_results.get("servers", {})
+    subject = servers.get(SUBJECT)
+    if subject is not None:
+        status, detail = ftps_target(subject, [s for n, s in servers.items() if n != SUBJECT])
+        row = f"| {FTPS_TARGET} | {status} | {detail} (see {FTPS_SECTION[3:]}) |"
+        found = [i for i, ln in enumerate(lines)
+                 if ln.startswith(("| FTPS RETR throughput |", f"| {FTPS_TARGET} |"))]
+        for i in found:
+            lines[i] = row
+        if not found and "## Targets" in lines:
+            end = lines.index("## Targets") + 4  # title, blank, header, rule
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            lines.insert(end, row)
+    section = render_ftps_section(ftps_results, note)
+    at = lines.index("## Targets") if "## Targets" in lines else len(lines)
+    lines[at:at] = [*section, ""]
+    return "\n".join(lines) + "\n"
+
+
+def merge_ftps_json(main: Result, ftps_results: Result, note: str) -> Result:
+    """main's servers get the FTPS run's result["ftps"]; meta records where it came from."""
+    merged: Result = json.loads(json.dumps(main))
+    for name, server in ftps_results.get("servers", {}).items():
+        merged.setdefault("servers", {}).setdefault(name, {"name": name, "errors": []})
+        merged["servers"][name]["ftps"] = server.get("ftps")
+        merged["servers"][name]["ftps_errors"] = server.get("errors", [])
+    meta = ftps_results.get("meta", {})
+    merged.setdefault("meta", {})["ftps_run"] = {
+        "note": note, "command": meta.get("command"),
+        "date": meta.get("machine", {}).get("date"),
+        "profile": meta.get("profile", {}).get("name"), "elapsed_s": meta.get("elapsed_s"),
+    }
+    return merged
+
+
+def ftps_note(ftps_results: Result) -> str:
+    meta = ftps_results.get("meta", {})
+    profile = meta.get("profile", {}).get("name", "?")
+    return (f"Measured in a separate run, `{meta.get('command', 'bench/run --workloads ftps')}` "
+            f"({profile} profile), on {meta.get('machine', {}).get('date', '?')}, same "
+            "machine, after the run above; merged here with "
+            "`python3 -m bench.report merge-ftps DIR`. Ratios are taken within that run.")
 
 
 # --- rendering -----------------------------------------------------------------------------
@@ -214,24 +407,24 @@ def render(results: Result) -> str:
         notes = "; ".join(server.get("notes", []))
         out.append(f"| {name} | {server.get('version', '—')} | {notes} |")
 
-    out += ["", "## Results", ""]
+    workloads = meta.get("workloads") or list(WORKLOADS)
+    plain = [w for w in workloads if w != "ftps"]
+    out += ["", "## Results", ""] if plain else []
     header = "| metric | " + " | ".join(names) + " |"
     rule = "|---|" + "---:|" * len(names)
     if has_subject:
         header += " ftpd / best peer |"
         rule += "---:|"
-    out += [header, rule]
+    out += [header, rule] if plain else []
     rows = metrics(list(profile.get("session_clients", [50, 200])),
                    list(profile.get("memory_steps", [0, 200, 1000])))
-    for metric in rows:
+    for metric in rows if plain else []:
         cells = [_fmt(metric.get(servers[n]), metric.digits) for n in names]
         line = f"| {metric.label} | " + " | ".join(cells) + " |"
         if has_subject:
             rel = ratio(metric.get(servers[SUBJECT]), best_peer(servers, metric))
             line += f" {_fmt(rel, 2) if metric.compare else ''} |"
         out.append(line)
-    out.append("| FTPS RETR MB/s | " + " | ".join("skipped" for _ in names) + " |"
-               + (" |" if has_subject else ""))
     busy: dict[str, float] = {n: float(s["background_cpu_busy"]) for n, s in servers.items()
                               if s.get("background_cpu_busy") is not None}
     if busy:
@@ -240,17 +433,16 @@ def render(results: Result) -> str:
                 + ", ".join(f"{n} {b:.0%}" for n, b in busy.items()) + "."
                 + (f" **Above {BUSY_WARNING:.0%} for {', '.join(noisy)}: other work on the "
                    "machine skewed these figures; rerun on a quiet machine.**" if noisy else "")]
-    workloads = meta.get("workloads")
-    if workloads and len(workloads) < 4:
+    if len(workloads) < len(WORKLOADS):
         out += ["", f"Workloads run: {', '.join(workloads)} (the others were left out)."]
+    out += ["", *render_ftps_section(results)]
 
     out += ["", "## Targets", "", "| target | status | measured |", "|---|---|---|"]
     for name, status, detail in evaluate_targets(results):
-        out.append(f"| {name} | {status} | {detail} |")
-    out.append("| FTPS RETR throughput | skipped | ftpd has no TLS yet (issue pending); see "
-               "FTPS HOOK in bench/throughput.py |")
+        if plain or name == FTPS_TARGET:
+            out.append(f"| {name} | {status} | {detail} |")
 
-    out += ["", "## Method", "",
+    method = [
             f"- Throughput: curl downloads a {_fmt(profile.get('file_bytes', 0) / 2**20, 0)} MiB "
             f"file to /dev/null and uploads it, {profile.get('reps')} time(s) each; after every "
             "timed transfer the same curl fetches the same file from a bare server that "
@@ -270,8 +462,35 @@ def render(results: Result) -> str:
             "after each step) and stops at the first error.",
             "- The load generator is one asyncio process; its CPU share (1.0 = one core) is "
             "reported so a generator-bound figure can be told apart."]
+    if plain:  # an FTPS-only run: its section says how it was measured
+        out += ["", "## Method", "", *method]
     errors = [(n, e) for n, s in servers.items() for e in s.get("errors", [])]
     if errors:
         out += ["", "## Errors during the run", ""]
         out += [f"- {n}: {e}" for n, e in errors]
     return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench.report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("merge-ftps", help="merge a --workloads ftps run into RESULTS.*")
+    merge.add_argument("source", type=Path, help="directory of the ftps run's RESULTS.json")
+    merge.add_argument("--into", type=Path, default=Path(__file__).resolve().parent,
+                       help="directory of the RESULTS.md/.json to update (default: bench/)")
+    merge.add_argument("--note", default="", help="text added to the generated note")
+    args = parser.parse_args(argv)
+    ftps_results = json.loads((args.source / "RESULTS.json").read_text())
+    if "ftps" not in ftps_results.get("meta", {}).get("workloads", []):
+        raise SystemExit(f"{args.source}/RESULTS.json has no ftps workload")
+    note = " ".join(filter(None, [ftps_note(ftps_results), args.note.strip()]))
+    md, js = args.into / "RESULTS.md", args.into / "RESULTS.json"
+    md.write_text(merge_ftps(md.read_text(), ftps_results, note))
+    js.write_text(json.dumps(merge_ftps_json(json.loads(js.read_text()), ftps_results, note),
+                             indent=2) + "\n")
+    print(f"merged FTPS RETR from {args.source} into {md} and {js}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,10 @@ chrooted to its home, the same passive range, writes allowed, no TLS, no reverse
 no session limits below the capacity workload, idle timeout 600 s, and its open-files
 limit (soft and hard) set to the machine's hard limit, as systemd's LimitNOFILE would.
 Files a peer would keep under /etc or /run live in a per-server temporary directory.
+
+With `Context.tls` set (the FTPS workload, a separate start of each server) the same
+settings plus TLS: the run's one certificate, TLS required for login and for every data
+connection, each server's data-connection session-reuse check at its default.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from bench import system
 from bench.debs import Unpacked
+from bench.tls import TlsFiles
 
 IDLE_TIMEOUT_S = 600
 MAX_SESSIONS = 30000
@@ -31,6 +36,8 @@ PEER_PACKAGES = {
     "proftpd": ["proftpd-core"],
     "pure-ftpd": ["pure-ftpd", "pure-ftpd-common"],
 }
+# Unpacked only for the FTPS workload: Debian ships ProFTPD's mod_tls.so separately.
+PEER_TLS_PACKAGES = {"proftpd": ["proftpd-mod-crypto"]}
 # PAM service with no file in /etc/pam.d: PAM then uses /etc/pam.d/other (pam_unix against
 # /etc/shadow), the same stack for all three peers whatever else the machine has installed.
 PAM_SERVICE = "ftpbench"
@@ -49,6 +56,11 @@ class Context:
     ftpd_bin: str | None = None
     # ftpd settings on top of the bench's: (section, key) -> TOML literal
     ftpd_overrides: dict[tuple[str, str], str] = field(default_factory=dict)
+    tls: TlsFiles | None = None  # set: configure FTPS, required for login and data
+
+
+class TlsUnsupported(RuntimeError):
+    """This server, as unpacked here, cannot be configured for FTPS (the reason)."""
 
 
 @dataclass
@@ -77,6 +89,12 @@ def _peer_binary(ctx: Context, relative: str) -> str:
     return str(path)
 
 
+def _links_libssl(binary: str, env: dict[str, str]) -> bool:
+    result = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False,
+                            env=dict(os.environ, **env), timeout=60)
+    return "libssl.so" in result.stdout
+
+
 def vsftpd_plan(ctx: Context) -> Plan:
     empty = ctx.workdir / "empty"  # secure_chroot_dir: empty, root-owned, not writable
     empty.mkdir(mode=0o755, exist_ok=True)
@@ -93,11 +111,22 @@ def vsftpd_plan(ctx: Context) -> Plan:
         "xferlog_enable": "NO", "dirmessage_enable": "NO", "connect_from_port_20": "NO",
         "vsftpd_log_file": ctx.workdir / "vsftpd.log",
     }
+    binary = _peer_binary(ctx, "usr/sbin/vsftpd")
+    notes = ["PAM: pam_unix, SHA-512 crypt on every login; 2 processes per session"]
+    if ctx.tls:
+        if not _links_libssl(binary, _peer_env(ctx)):
+            raise TlsUnsupported("vsftpd not built with TLS (no libssl)")
+        settings.update({
+            "ssl_enable": "YES", "rsa_cert_file": ctx.tls.certificate,
+            "rsa_private_key_file": ctx.tls.key, "allow_anon_ssl": "NO",
+            "force_local_logins_ssl": "YES", "force_local_data_ssl": "YES",
+        })  # require_ssl_reuse, ssl_ciphers, ssl_tlsv1: defaults
+        notes.append("TLS: ssl_enable, force_local_logins_ssl + force_local_data_ssl, "
+                     "require_ssl_reuse and ciphers at their defaults")
     conf.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     version = ctx.unpacked.versions.get("vsftpd", "?") if ctx.unpacked else "?"
-    return Plan("vsftpd", version, [_peer_binary(ctx, "usr/sbin/vsftpd"), str(conf)],
-                _peer_env(ctx), stdin_is_log=True,
-                notes=["PAM: pam_unix, SHA-512 crypt on every login; 2 processes per session"])
+    return Plan("vsftpd", version, [binary, str(conf)], _peer_env(ctx), stdin_is_log=True,
+                notes=notes)
 
 
 def proftpd_plan(ctx: Context) -> Plan:
@@ -132,13 +161,37 @@ TimeoutIdle {IDLE_TIMEOUT_S}
 TimeoutNoTransfer {IDLE_TIMEOUT_S}
 AllowOverwrite on
 Umask 022
-""")
+""" + (_proftpd_tls(ctx) if ctx.tls else ""))
     version = ctx.unpacked.versions.get("proftpd-core", "?") if ctx.unpacked else "?"
+    notes = ["PAM: pam_unix, SHA-512 crypt on every login (Debian's AuthOrder); "
+             "mod_delay on (default); 1 process per session"]
+    if ctx.tls:
+        notes.append("TLS: mod_tls.so (proftpd-mod-crypto), TLSRequired on, data-connection "
+                     "session reuse required (default), protocols and ciphers at defaults")
     return Plan("proftpd", version,
                 [_peer_binary(ctx, "usr/sbin/proftpd"), "--nodaemon", "--config", str(conf)],
-                _peer_env(ctx),
-                notes=["PAM: pam_unix, SHA-512 crypt on every login (Debian's AuthOrder); "
-                       "mod_delay on (default); 1 process per session"])
+                _peer_env(ctx), notes=notes)
+
+
+def _proftpd_tls(ctx: Context) -> str:
+    """mod_tls from the unpacked tree (Debian: proftpd-mod-crypto), TLS required."""
+    assert ctx.tls is not None and ctx.unpacked is not None
+    modules = ctx.unpacked.binary("usr/lib/proftpd")
+    if not (modules / "mod_tls.so").exists():
+        raise TlsUnsupported("mod_tls.so not unpacked (Debian package proftpd-mod-crypto)")
+    core = ctx.unpacked.versions.get("proftpd-core")
+    crypto = ctx.unpacked.versions.get("proftpd-mod-crypto")
+    if crypto is not None and crypto != core:
+        raise TlsUnsupported(f"proftpd-mod-crypto {crypto} does not match proftpd-core {core}")
+    return f"""\
+ModulePath {modules}
+LoadModule mod_tls.c
+TLSEngine on
+TLSLog {ctx.workdir}/proftpd-tls.log
+TLSRSACertificateFile {ctx.tls.certificate}
+TLSRSACertificateKeyFile {ctx.tls.key}
+TLSRequired on
+"""
 
 
 def pureftpd_plan(ctx: Context) -> Plan:
@@ -153,9 +206,25 @@ def pureftpd_plan(ctx: Context) -> Plan:
         "--maxidletime", str(IDLE_TIMEOUT_S // 60), "--umask", "133:022",
         "--pidfile", str(ctx.workdir / "pure-ftpd.pid"), "--tls", "0",
     ]
-    return Plan("pure-ftpd", version, argv, _peer_env(ctx),
-                notes=["PAM (Debian's default): pam_unix, SHA-512 crypt on every login; "
-                       "privsep: 2 processes per session"])
+    notes = ["PAM (Debian's default): pam_unix, SHA-512 crypt on every login; "
+             "privsep: 2 processes per session"]
+    if ctx.tls:
+        problem = _pureftpd_tls_problem(argv[0], _peer_env(ctx))
+        if problem:
+            raise TlsUnsupported(problem)
+        # 3: TLS required for login and for data connections. Same certificate and key.
+        argv[-1:] = ["3", "--certfile", f"{ctx.tls.certificate},{ctx.tls.key}"]
+        notes.append("TLS: --tls 3 (required for login and data), ciphers at defaults")
+    return Plan("pure-ftpd", version, argv, _peer_env(ctx), notes=notes)
+
+
+def _pureftpd_tls_problem(binary: str, env: dict[str, str]) -> str | None:
+    """None if this pure-ftpd was built with TLS (--tls in its help, libssl linked)."""
+    result = subprocess.run([binary, "--help"], capture_output=True, text=True, check=False,
+                            env=dict(os.environ, **env), timeout=60)
+    if "--tls" not in result.stdout + result.stderr or not _links_libssl(binary, env):
+        return "pure-ftpd not built with TLS"
+    return None
 
 
 _OVERRIDE = re.compile(r"^([a-z_]+)\.([a-z_]+)=(.+)$")
@@ -188,6 +257,9 @@ def ftpd_settings(ctx: Context, users_file: Path) -> dict[str, dict[str, str]]:
         "passive": {"ports": f'"{ctx.pasv[0]}-{ctx.pasv[1]}"'},
         "users": {"file": f'"{users_file}"'},
     }
+    if ctx.tls:  # session_reuse: the default ("require")
+        sections["tls"] = {"certificate": f'"{ctx.tls.certificate}"',
+                           "key": f'"{ctx.tls.key}"', "require": '"all"'}
     for (section, key), value in ctx.ftpd_overrides.items():
         sections.setdefault(section, {})[key] = value
     return sections
@@ -219,6 +291,9 @@ def ftpd_plan(ctx: Context) -> Plan:
                              check=False, timeout=30).stdout.strip() or "?"
     notes = ["workers = auto, dropped to the test user; virtual users file "
              f"({_hash_scheme(users_file)}); other settings at their defaults"]
+    if ctx.tls:
+        notes.append('TLS: require = "all" (login and data), session_reuse = "require" '
+                     "(default), versions and ciphers at defaults")
     notes += [f"{section}.{key} = {value}"
               for (section, key), value in ctx.ftpd_overrides.items()]
     return Plan("ftpd", version.removeprefix("ftpd ").strip(),

@@ -11,6 +11,7 @@ from bench import system
 from bench.barecopy import BareServer
 from bench.guard import url_host
 from bench.stats import median, ratio
+from bench.tls import Negotiated, last_curl_error, parse_curl_verbose
 
 CURL_TIMEOUT_S = 600
 CURL_FORMAT = "%{time_pretransfer} %{time_total} %{size_download} %{size_upload}\\n"
@@ -127,8 +128,7 @@ def measure(host: str, port: int, user: system.BenchUser, reps: int) -> dict[str
         time.sleep(0.5)
 
     def med(key: str) -> float | None:
-        value = median(r[key] for r in rounds if r[key] is not None)
-        return None if value is None else round(value, 3)
+        return _median_of(rounds, key)
 
     return {
         "file_bytes": size,
@@ -140,18 +140,72 @@ def measure(host: str, port: int, user: system.BenchUser, reps: int) -> dict[str
     }
 
 
-# --- FTPS HOOK -----------------------------------------------------------------------------
-# FTPS RETR throughput is not measured yet: ftpd's TLS support is pending (GitHub issue).
-# When it lands: give every server the same self-signed certificate (ftpd: [tls] certificate
-# and key; vsftpd: ssl_enable=YES, rsa_cert_file, require_ssl_reuse left at its default;
-# proftpd: LoadModule mod_tls.c from the unpacked /usr/lib/proftpd, TLSEngine on, TLSRSA*;
-# pure-ftpd: --tls 1 --certfile), time
-#     curl --ssl-reqd --insecure --output /dev/null ftp://HOST:PORT/pub/big.bin
-# here, paired with the same bare sendfile copy, return it from ftps_retr() and let
-# harness.bench_one() store it under result["ftps"] like result["throughput"].
-FTPS_SKIP_REASON = "skipped: ftpd has no TLS yet (issue pending); hook in bench/throughput.py"
+# --- FTPS RETR -------------------------------------------------------------------------
+# Each server is started a second time with TLS required for login and data and the run's
+# one certificate (servers.Context.tls); curl does explicit FTPS (AUTH TLS, PBSZ 0,
+# PROT P) and resumes the control connection's TLS session on the data connection, so the
+# servers' session-reuse checks stay at their defaults. Timed like plain RETR and paired
+# with the same bare sendfile copy (plain TCP: the ratio is what TLS costs each server).
+FTPS_ARGS = ["--ssl-reqd", "--insecure"]
 
 
-def ftps_retr(host: str, port: int, user: system.BenchUser) -> Timed | None:
-    """FTPS HOOK: None until ftpd speaks TLS (see the comment above)."""
-    return None
+def ftps_url(host: str, port: int, name: str) -> str:
+    return f"ftp://{url_host(host)}:{port}/pub/{name}"
+
+
+def ftps_retr(host: str, port: int, user: system.BenchUser) -> Timed:
+    """curl --ssl-reqd --insecure --output /dev/null ftp://HOST:PORT/pub/big.bin"""
+    return run_curl([*FTPS_ARGS, "--output", "/dev/null",
+                     ftps_url(host, port, user.big_file.name)], curl_config(user),
+                    upload=False)
+
+
+def ftps_probe(host: str, port: int, user: system.BenchUser) -> Negotiated:
+    """One untimed verbose FTPS RETR of the small file: proves TLS works end to end and
+    records the negotiated version and cipher and whether the data connection resumed
+    the control connection's session. RuntimeError (curl's reason) if it fails."""
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--fail", "--verbose", "--config", "-",
+         *FTPS_ARGS, "--output", "/dev/null", ftps_url(host, port, user.small_file.name)],
+        input=curl_config(user), capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"FTPS probe failed ({result.returncode}): "
+                           f"{last_curl_error(result.stderr, user.password)}")
+    negotiated = parse_curl_verbose(result.stderr)
+    if negotiated.version is None:
+        raise RuntimeError("FTPS probe: curl reported no TLS handshake")
+    return negotiated
+
+
+def _median_of(rounds: list[dict[str, Any]], key: str) -> float | None:
+    value = median(r[key] for r in rounds if r[key] is not None)
+    return None if value is None else round(value, 3)
+
+
+def measure_ftps(host: str, port: int, user: system.BenchUser, reps: int) -> dict[str, Any]:
+    """The probe, then `reps` rounds of: FTPS RETR, bare send. Ratios are per pair."""
+    size = user.big_file.stat().st_size
+    negotiated = ftps_probe(host, port, user)
+    rounds: list[dict[str, Any]] = []
+    for _ in range(reps):
+        system.clear_uploads(user)
+        system.warm_page_cache(user.big_file)
+        retr = ftps_retr(host, port, user)
+        if retr.bytes != size:
+            raise RuntimeError(f"FTPS RETR moved {retr.bytes} bytes, expected {size}")
+        bare_down = bare_retr(host, user)
+        rounds.append({
+            "retr": asdict(retr), "bare_retr": asdict(bare_down),
+            "retr_mb_s": round(retr.mb_per_s, 1), "bare_retr_mb_s": round(bare_down.mb_per_s, 1),
+            "retr_ratio": ratio(retr.mb_per_s, bare_down.mb_per_s),
+        })
+        time.sleep(0.5)
+    return {
+        "file_bytes": size,
+        "reps": reps,
+        "probe": negotiated.as_dict(),
+        "rounds": rounds,
+        "retr_mb_s": _median_of(rounds, "retr_mb_s"),
+        "bare_retr_mb_s": _median_of(rounds, "bare_retr_mb_s"),
+        "retr_ratio": _median_of(rounds, "retr_ratio"),
+    }

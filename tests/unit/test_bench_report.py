@@ -55,7 +55,11 @@ def _results(ftpd: dict[str, Any] | None, profile: Any = FULL) -> dict[str, Any]
 def test_all_targets_pass() -> None:
     ftpd = _server(0.97, 1.01, 160.0, 0.2, 38.0, tuple(FULL.hold_steps()))
     statuses = [s for _, s, _ in evaluate_targets(_results(ftpd))]
-    assert statuses == ["PASS"] * 6
+    assert statuses == ["PASS"] * 6 + ["n/a"]  # FTPS RETR: no "ftps" result here
+    ftpd["ftps"] = {"retr_mb_s": 900.0, "bare_retr_mb_s": 2000.0, "retr_ratio": 0.45}
+    results = _results(ftpd)
+    results["servers"]["vsftpd"]["ftps"] = {"retr_mb_s": 800.0, "retr_ratio": 0.40}
+    assert [s for _, s, _ in evaluate_targets(results)] == ["PASS"] * 7
 
 
 def test_ratio_below_095_or_below_a_peer_fails() -> None:
