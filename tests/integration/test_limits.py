@@ -10,10 +10,19 @@ import time
 import psutil
 import pytest
 
+from tests.conftest import wait_for
+
 
 def connect(daemon) -> tuple[socket.socket, bytes]:
     sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
     return sock, sock.recv(1024)
+
+
+def admitted(daemon) -> bool:
+    """Whether a new connection is greeted (not refused by a limit)."""
+    sock, banner = connect(daemon)
+    sock.close()
+    return banner.startswith(b"220")
 
 
 def serving_pids(daemon, socks) -> set[int]:
@@ -48,14 +57,8 @@ def test_max_sessions_across_workers(make_daemon):
     assert banner.startswith(b"421 Too many sessions on this server"), banner
     sock.close()
     socks.pop().close()
-    deadline = time.monotonic() + 10
-    while True:  # the release is seen once the worker notices the close
-        sock, banner = connect(daemon)
-        sock.close()
-        if banner.startswith(b"220") or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert banner.startswith(b"220")
+    # The release is seen once the worker notices the close.
+    assert wait_for(lambda: admitted(daemon), 10, "a session slot freed")
     for s in socks:
         s.close()
 
@@ -95,13 +98,6 @@ def test_sessions_of_a_killed_worker_are_released(make_daemon):
     daemon.wait_log(r"exited with status -9")
     # The survivor's session stays open: only releasing the dead worker's
     # count leaves room for a new one under the limit of 2.
-    deadline = time.monotonic() + 10
-    while True:
-        sock, banner = connect(daemon)
-        sock.close()
-        if banner.startswith(b"220") or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert banner.startswith(b"220")
+    assert wait_for(lambda: admitted(daemon), 10, "the dead worker's sessions released")
     for s in socks:
         s.close()
