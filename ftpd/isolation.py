@@ -59,12 +59,12 @@ import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyftpdlib.ioloop import AsyncChat, IOLoop
+from pyftpdlib.ioloop import IOLoop
 
+from .offload import SocketReader
 from .privileges import Account, StartupError, enter_jail, start_port_binder
 
 if TYPE_CHECKING:
@@ -318,34 +318,6 @@ def _prime_name_service() -> None:
 
 # --- the session process
 
-class _Reader(AsyncChat):
-    """A socket on the session's loop: bytes go to `on_data`, EOF to `on_eof`."""
-
-    def __init__(self, sock: socket.socket, ioloop: Any, on_data: Callable[[bytes], None],
-                 on_eof: Callable[[], None]) -> None:
-        self._on_data, self._on_eof = on_data, on_eof
-        super().__init__(sock, ioloop=ioloop)
-
-    def handle_read(self) -> None:
-        try:
-            data = self.socket.recv(64)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            self._on_data(data)
-        else:
-            self.handle_close()
-
-    def handle_close(self) -> None:
-        self.close()
-        self._on_eof()
-
-    def writable(self) -> bool:
-        return False
-
-
 class JailedSession(_Handler):
     """Mixin put in front of the session's class in its process: one user for good."""
 
@@ -510,8 +482,8 @@ class SessionProcess:
         reader, writer = self._wakeup = socket.socketpair()  # kept open while we live
         reader.setblocking(False)
         writer.setblocking(False)
-        _Reader(reader, loop, self._on_signals, lambda: None)
-        _Reader(self.owner.lifeline_child, loop, lambda _data: None, self._worker_gone)
+        SocketReader(reader, loop, self._on_signals)
+        SocketReader(self.owner.lifeline_child, loop, lambda _data: None, self._worker_gone)
         for signum in _DRAIN_SIGNALS:
             signal.signal(signum, _noop)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)

@@ -18,19 +18,34 @@ from pyftpdlib.ioloop import AsyncChat
 log = logging.getLogger("ftpd.offload")
 
 
-class _Waker(AsyncChat):
-    """The read end of the wake-up socket pair, registered in the IOLoop."""
+class SocketReader(AsyncChat):
+    """A socket registered on a pyftpdlib loop: bytes go to `on_data`, EOF to `on_eof`.
 
-    def __init__(self, offloader: Offloader, sock: socket.socket, ioloop: Any) -> None:
-        self._offloader = offloader
+    How things outside the loop reach it: thread results (a wake-up socket
+    pair), signals (the wake-up fd), a peer process going away (EOF).
+    """
+
+    def __init__(self, sock: socket.socket, ioloop: Any, on_data: Callable[[bytes], None],
+                 on_eof: Callable[[], None] | None = None) -> None:
+        self._on_data, self._on_eof = on_data, on_eof
         super().__init__(sock, ioloop=ioloop)
 
     def handle_read(self) -> None:
         try:
-            self.socket.recv(4096)
+            data = self.socket.recv(4096)
         except BlockingIOError:
-            pass
-        self._offloader.run_callbacks()
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._on_data(data)
+        else:
+            self.handle_close()
+
+    def handle_close(self) -> None:
+        self.close()
+        if self._on_eof is not None:
+            self._on_eof()
 
     def writable(self) -> bool:
         return False
@@ -45,7 +60,7 @@ class Offloader:
             collections.deque())
         reader, self._wake = socket.socketpair()
         self._wake.setblocking(False)
-        self._waker = _Waker(self, reader, ioloop)
+        self._waker = SocketReader(reader, ioloop, lambda _data: self.run_callbacks())
 
     def submit(self, fn: Callable[..., Any], args: tuple[Any, ...],
                callback: Callable[[Any], None]) -> None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pyftpdlib.ioloop import AsyncChat, IOLoop
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 from . import datachannel, isolation
@@ -30,7 +30,7 @@ from .auth import Anonymous, VirtualAuthorizer
 from .bans import BanTable
 from .handler import WorkerRuntime, build_handler
 from .limits import Limits, SessionTable
-from .offload import Offloader
+from .offload import Offloader, SocketReader
 from .users import User
 
 log = logging.getLogger("ftpd.worker")
@@ -58,26 +58,6 @@ class WorkerSpec:
     bans: BanTable | None = None
     data: Any = None  # datachannel.DataStart: resolved masquerade names, port-20 helper
     session_account: Any = None  # privileges.Account virtual users' jailed sessions run as
-
-
-class _SignalReader(AsyncChat):
-    """Wake-up fd reader: every byte is the number of a signal received."""
-
-    def __init__(self, sock: socket.socket, ioloop: Any, worker: Worker) -> None:
-        self._worker = worker
-        super().__init__(sock, ioloop=ioloop)
-
-    def handle_read(self) -> None:
-        try:
-            data = self.socket.recv(64)
-        except BlockingIOError:
-            return
-        for signum in data:
-            if signum:
-                self._worker.on_signal(signum)
-
-    def writable(self) -> bool:
-        return False
 
 
 class Worker:
@@ -122,7 +102,7 @@ class Worker:
         reader.setblocking(False)
         writer.setblocking(False)
         self._signal_writer = writer
-        self._signals = _SignalReader(reader, self.ioloop, self)
+        self._signals = SocketReader(reader, self.ioloop, self._on_signal_bytes)
         for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT,
                        signal.SIGHUP):
             signal.signal(signum, _ignore)  # the byte on the wake-up fd does the work
@@ -161,6 +141,11 @@ class Worker:
         self._send(f"hb {sessions} {self.runtime.transfers()}")
 
     # --- stop and retire
+
+    def _on_signal_bytes(self, data: bytes) -> None:
+        for signum in data:  # each byte is a signal number; 0 is the start-up nudge
+            if signum:
+                self.on_signal(signum)
 
     def on_signal(self, signum: int) -> None:
         if signum == signal.SIGTERM:

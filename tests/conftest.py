@@ -36,6 +36,20 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def wait_for_log(read, proc, pattern: str, timeout: float = 20.0,
+                 count: int = 1) -> str:
+    """The log text once `pattern` matched `count` times; fails early if `proc` exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = read()
+        if len(re.findall(pattern, text)) >= count:
+            return str(text)
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"log never matched {pattern!r} (x{count}):\n{read()[-4000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,15 +126,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            if len(re.findall(pattern, text)) >= count:
-                return text
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"log never matched {pattern!r} (x{count}):\n{self.log()[-4000:]}")
+        return wait_for_log(self.log, self.proc, pattern, timeout, count)
 
     def ftp(self, user: str = "alice", password: str = PASSWORD, timeout: float = 15) -> ftplib.FTP:
         client = ftplib.FTP()

@@ -22,11 +22,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tests.conftest import wait_for_log
 
 from .lab import Lab
 
@@ -127,15 +128,7 @@ class LabFtpd:
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            if len(re.findall(pattern, text)) >= count:
-                return text
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"log never matched {pattern!r}:\n{self.log()[-4000:]}")
+        return wait_for_log(self.log, self.proc, pattern, timeout, count)
 
     def workers(self) -> list[psutil.Process]:
         assert self.proc is not None
