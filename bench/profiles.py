@@ -34,7 +34,7 @@ class Profile:
 FULL = Profile(
     name="full",
     file_bytes=1 * GIB,
-    reps=7,
+    reps=11,
     session_clients=(50, 200),
     session_duration_s=15.0,
     session_warmup_s=2.0,

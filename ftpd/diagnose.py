@@ -25,8 +25,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import psutil
-
+from . import interfaces as interfaces_mod
 from .nat import resolve_ipv4
 from .settings import is_ip_literal
 
@@ -39,7 +38,7 @@ def warnings(config: Any, probe_ports: bool = False, *,
              sysctl_dir: str = "/proc/sys/net/ipv4", euid: int | None = None,
              capabilities: int | None = None) -> list[str]:
     """Every NAT/firewall warning for `config` on this host (arguments for tests)."""
-    interfaces = psutil.net_if_addrs() if interfaces is None else interfaces
+    interfaces = interfaces_mod.net_if_addrs() if interfaces is None else interfaces
     found: list[str] = []
     found += private_without_address(config, interfaces)
     found += private_address(config)

@@ -31,8 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
+from . import interfaces as interfaces_mod
 from .logging import event
 from .settings import AddressRule, is_ip_literal
 
@@ -123,7 +122,7 @@ def static_address(config: Any, resolved: Mapping[str, str]) -> str | None:
 
 
 def _prefix_length(netmask: str) -> int | None:
-    """Bits set in a dotted (IPv4) or colon (IPv6) netmask, as psutil reports it."""
+    """Bits set in a dotted (IPv4) or colon (IPv6) netmask, as getifaddrs() gives it."""
     try:
         return bin(int(ipaddress.ip_address(netmask))).count("1")
     except ValueError:
@@ -131,8 +130,8 @@ def _prefix_length(netmask: str) -> int | None:
 
 
 def local_networks(interfaces: Mapping[str, Iterable[Any]] | None = None) -> tuple[Network, ...]:
-    """The subnets of this host's interfaces (psutil.net_if_addrs() format)."""
-    interfaces = psutil.net_if_addrs() if interfaces is None else interfaces
+    """The subnets of this host's interfaces (interfaces.net_if_addrs() format)."""
+    interfaces = interfaces_mod.net_if_addrs() if interfaces is None else interfaces
     networks: list[Network] = []
     for addresses in interfaces.values():
         for entry in addresses:

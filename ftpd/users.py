@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from typing import Any
@@ -219,6 +218,8 @@ def upsert(path: str, name: str, password_hash: str | None, root: str | None,
     table[name] = entry
     parse(path, {"users": table}, check_roots=False)  # never write a file we could not read
     directory = os.path.dirname(os.path.abspath(path))
+    import tempfile  # only `ftpd passwd` writes the file: keep it out of the daemon
+
     fd, tmp = tempfile.mkstemp(prefix=".users.", dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
