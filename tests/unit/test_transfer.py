@@ -5,8 +5,6 @@ from __future__ import annotations
 import fcntl
 import os
 
-import pytest
-
 from ftpd import transfer
 
 
@@ -24,11 +22,28 @@ def test_splice_pipe_is_enlarged_and_non_blocking():
 
 
 def test_a_pipe_larger_than_the_kernel_allows_is_refused():
+    """Unprivileged processes (workers) cannot exceed fs.pipe-max-size: None, not an error."""
     with open("/proc/sys/fs/pipe-max-size") as f:
         limit = int(f.read())
-    if os.geteuid() == 0:
-        pytest.skip("root may exceed fs.pipe-max-size")
-    assert transfer.open_splice_pipe(limit * 2) is None
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # as a worker would be: unprivileged
+        status = 1
+        try:
+            if os.geteuid() == 0:
+                os.setuid(65534)
+            too_big = transfer.open_splice_pipe(limit * 2)
+            allowed = transfer.open_splice_pipe(limit)
+            os.write(w, f"{too_big is None} {allowed is not None}".encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    answer = os.read(r, 100).decode()
+    os.close(r)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer == "True True"
 
 
 def bare_channel(pipe: tuple[int, int]) -> transfer.DataChannel:
