@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import debs, report, servers, system, throughput, tls
+from bench import debs, kdf, report, servers, system, throughput, tls
 from bench.guard import NotLoopbackError, require_loopback
 from bench.loadgen import DEFAULT_POLICY
 from bench.profiles import PROFILES, Profile
@@ -232,6 +232,12 @@ def bench_plain(name: str, ctx: servers.Context, profile: Profile, children: Chi
                 workloads: list[str], result: dict[str, Any]) -> None:
     plan = servers.PLANS[name](ctx)
     result.update(version=plan.version, notes=plan.notes, command=" ".join(plan.argv))
+    if name == report.SUBJECT:  # before the server runs, so nothing else competes for the CPU
+        try:
+            result["kdf"] = kdf.compare(ctx.workdir / servers.FTPD_USERS_FILE,
+                                        ctx.user.password)
+        except (RuntimeError, OSError, ValueError) as exc:
+            result["errors"].append(f"password check cost: {exc}")
     server = _start(name, plan, ctx, children, result)
     try:
         result["banner"] = server.wait_ready(ctx.host, ctx.port).strip().splitlines()[-1]

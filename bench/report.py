@@ -155,7 +155,7 @@ def evaluate_targets(results: Result) -> list[tuple[str, str, str]]:
              "login storm: all logged in sooner than every peer",
              "PSS at 1,000 idle sessions <= 0.1x best peer",
              f"{profile.get('capacity_target', 10000):,} idle sessions held with zero errors",
-             FTPS_TARGET)
+             FTPS_TARGET, KDF_TARGET)
     if subject is None:
         return [(name, NA, "ftpd not run") for name in names]
     rows.append((names[0], *_ratio_target(subject, peers, "retr_ratio")))
@@ -200,7 +200,21 @@ def evaluate_targets(results: Result) -> list[tuple[str, str, str]]:
         rows.append((names[5], PASS if held is not None and held >= target else FAIL,
                      f"held {_fmt(held, 0)}"))
     rows.append((names[6], *ftps_target(subject, peers)))
+    rows.append((names[7], *kdf_target(subject)))
     return rows
+
+
+KDF_TARGET = "one ftpd password check costs at least one SHA-512 crypt (the peers')"
+
+
+def kdf_target(subject: Result) -> tuple[str, str]:
+    """Wins in the login workloads must not come from a cheaper key derivation."""
+    cost = subject.get("kdf")
+    if not isinstance(cost, dict) or cost.get("ratio") is None:
+        return NA, "not measured"
+    return (PASS if cost["ratio"] >= 1 else FAIL,
+            f"{cost['ftpd_scheme']}: {cost['ftpd_ms']:.1f} ms against SHA-512 crypt "
+            f"(5,000 rounds): {cost['sha512_crypt_ms']:.1f} ms = {cost['ratio']:.1f}x")
 
 
 # --- FTPS RETR -----------------------------------------------------------------------------

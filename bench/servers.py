@@ -63,6 +63,9 @@ class TlsUnsupported(RuntimeError):
     """This server, as unpacked here, cannot be configured for FTPS (the reason)."""
 
 
+FTPD_USERS_FILE = "users.toml"  # in the server's work directory
+
+
 @dataclass
 class Plan:
     """A ready-to-run command line for one server."""
@@ -273,7 +276,7 @@ def render_toml(sections: dict[str, dict[str, str]]) -> str:
 def ftpd_plan(ctx: Context) -> Plan:
     if not ctx.ftpd_bin:
         raise RuntimeError("ftpd not found: pip install -e . (or pass --ftpd PATH)")
-    users_file = ctx.workdir / "users.toml"
+    users_file = ctx.workdir / FTPD_USERS_FILE
     subprocess.run(
         [ctx.ftpd_bin, "passwd", "-f", str(users_file), ctx.user.name,
          "--root", str(ctx.user.home), "--permissions", "elradfmwMT"],

@@ -55,11 +55,23 @@ def _results(ftpd: dict[str, Any] | None, profile: Any = FULL) -> dict[str, Any]
 def test_all_targets_pass() -> None:
     ftpd = _server(0.97, 1.01, 160.0, 0.2, 38.0, tuple(FULL.hold_steps()))
     statuses = [s for _, s, _ in evaluate_targets(_results(ftpd))]
-    assert statuses == ["PASS"] * 6 + ["n/a"]  # FTPS RETR: no "ftps" result here
+    assert statuses == ["PASS"] * 6 + ["n/a"] * 2  # no "ftps" or "kdf" result here
     ftpd["ftps"] = {"retr_mb_s": 900.0, "bare_retr_mb_s": 2000.0, "retr_ratio": 0.45}
+    ftpd["kdf"] = {"ftpd_scheme": "$scrypt$ln=15,r=8,p=1", "ftpd_ms": 120.0,
+                   "sha512_crypt_ms": 5.0, "ratio": 24.0}
     results = _results(ftpd)
     results["servers"]["vsftpd"]["ftps"] = {"retr_mb_s": 800.0, "retr_ratio": 0.40}
-    assert [s for _, s, _ in evaluate_targets(results)] == ["PASS"] * 7
+    assert [s for _, s, _ in evaluate_targets(results)] == ["PASS"] * 8
+
+
+def test_a_password_check_cheaper_than_sha512_crypt_fails() -> None:
+    ftpd = _server(0.97, 1.01, 160.0, 0.2, 38.0, tuple(FULL.hold_steps()))
+    ftpd["kdf"] = {"ftpd_scheme": "$scrypt$ln=4,r=1,p=1", "ftpd_ms": 0.1,
+                   "sha512_crypt_ms": 5.0, "ratio": 0.02}
+    name, status, detail = evaluate_targets(_results(ftpd))[-1]
+    assert "SHA-512 crypt" in name and status == "FAIL"
+    assert detail == ("$scrypt$ln=4,r=1,p=1: 0.1 ms against SHA-512 crypt (5,000 rounds): "
+                      "5.0 ms = 0.0x")
 
 
 def test_ratio_below_095_or_below_a_peer_fails() -> None:
