@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import ctypes
 import ctypes.util
+import functools
 import hashlib
 import hmac
 import os
@@ -30,6 +31,7 @@ SCRYPT_REPS = 5
 CRYPT_REPS = 20
 
 
+@functools.cache  # loaded once: the timed call is crypt() alone
 def _libcrypt_crypt() -> Callable[[bytes, bytes], bytes | None]:
     lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
     lib.crypt.restype = ctypes.c_char_p

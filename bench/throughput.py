@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,17 +100,32 @@ def _checked_upload(user: system.BenchUser, name: str, expected: int) -> None:
         raise RuntimeError(f"upload stored {size} bytes, expected {expected}")
 
 
+def _paired(kind: str, timed: Timed, bare: Timed) -> dict[str, Any]:
+    """One round's record for `kind` ("retr" or "stor"): both timings and their ratio."""
+    return {kind: asdict(timed), f"bare_{kind}": asdict(bare),
+            f"{kind}_mb_s": round(timed.mb_per_s, 1),
+            f"bare_{kind}_mb_s": round(bare.mb_per_s, 1),
+            f"{kind}_ratio": ratio(timed.mb_per_s, bare.mb_per_s)}
+
+
+def _download_pair(label: str, download: Callable[[], Timed], host: str,
+                   user: system.BenchUser) -> dict[str, Any]:
+    """The timed download from the warm page cache, checked, then its bare sendfile copy."""
+    size = user.big_file.stat().st_size
+    system.clear_uploads(user)
+    system.warm_page_cache(user.big_file)
+    timed = download()
+    if timed.bytes != size:
+        raise RuntimeError(f"{label} moved {timed.bytes} bytes, expected {size}")
+    return _paired("retr", timed, bare_retr(host, user))
+
+
 def measure(host: str, port: int, user: system.BenchUser, reps: int) -> dict[str, Any]:
     """`reps` rounds of: RETR, bare send; STOR, bare recv. Ratios are per pair."""
     size = user.big_file.stat().st_size
     rounds: list[dict[str, Any]] = []
     for _ in range(reps):
-        system.clear_uploads(user)
-        system.warm_page_cache(user.big_file)
-        retr = ftp_retr(host, port, user)
-        if retr.bytes != size:
-            raise RuntimeError(f"RETR moved {retr.bytes} bytes, expected {size}")
-        bare_down = bare_retr(host, user)
+        record = _download_pair("RETR", lambda: ftp_retr(host, port, user), host, user)
         system.clear_uploads(user)
         stor = ftp_stor(host, port, user)
         _checked_upload(user, user.big_file.name, size)
@@ -117,14 +133,7 @@ def measure(host: str, port: int, user: system.BenchUser, reps: int) -> dict[str
         bare_up = bare_stor(host, user)
         _checked_upload(user, "bare.bin", size)
         system.clear_uploads(user)
-        rounds.append({
-            "retr": asdict(retr), "bare_retr": asdict(bare_down),
-            "stor": asdict(stor), "bare_stor": asdict(bare_up),
-            "retr_mb_s": round(retr.mb_per_s, 1), "bare_retr_mb_s": round(bare_down.mb_per_s, 1),
-            "stor_mb_s": round(stor.mb_per_s, 1), "bare_stor_mb_s": round(bare_up.mb_per_s, 1),
-            "retr_ratio": ratio(retr.mb_per_s, bare_down.mb_per_s),
-            "stor_ratio": ratio(stor.mb_per_s, bare_up.mb_per_s),
-        })
+        rounds.append({**record, **_paired("stor", stor, bare_up)})
         time.sleep(0.5)
 
     def med(key: str) -> float | None:
@@ -188,17 +197,8 @@ def measure_ftps(host: str, port: int, user: system.BenchUser, reps: int) -> dic
     negotiated = ftps_probe(host, port, user)
     rounds: list[dict[str, Any]] = []
     for _ in range(reps):
-        system.clear_uploads(user)
-        system.warm_page_cache(user.big_file)
-        retr = ftps_retr(host, port, user)
-        if retr.bytes != size:
-            raise RuntimeError(f"FTPS RETR moved {retr.bytes} bytes, expected {size}")
-        bare_down = bare_retr(host, user)
-        rounds.append({
-            "retr": asdict(retr), "bare_retr": asdict(bare_down),
-            "retr_mb_s": round(retr.mb_per_s, 1), "bare_retr_mb_s": round(bare_down.mb_per_s, 1),
-            "retr_ratio": ratio(retr.mb_per_s, bare_down.mb_per_s),
-        })
+        rounds.append(_download_pair("FTPS RETR", lambda: ftps_retr(host, port, user),
+                                     host, user))
         time.sleep(0.5)
     return {
         "file_bytes": size,

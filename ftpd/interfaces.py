@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import socket
 from typing import NamedTuple
 
@@ -50,9 +51,14 @@ def _ip(sockaddr: int | None) -> tuple[int, str] | None:
     return family, socket.inet_ntop(family, ctypes.string_at(sockaddr + offset, size))
 
 
+@functools.cache  # find_library() runs ldconfig: once per process, not per refresh
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def net_if_addrs() -> dict[str, list[InterfaceAddress]]:
     """{interface name: [InterfaceAddress, ...]} for IPv4 and IPv6; OSError on failure."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = _libc()
     head = ctypes.POINTER(_IfAddrs)()
     if libc.getifaddrs(ctypes.byref(head)) != 0:
         errno = ctypes.get_errno()

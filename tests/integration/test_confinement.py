@@ -8,22 +8,13 @@ import os
 
 import pytest
 
-SECRET = b"s" * 12345  # a size that must never show up in a listing
+from tests.integration.escapes import SECRET, build_escape_tree
 
 
 @pytest.fixture
 def jail(make_daemon):
     daemon = make_daemon(workers=1)
-    outside = daemon.tmp / "outside"
-    outside.mkdir()
-    (outside / "secret.txt").write_bytes(SECRET)
-    root = daemon.root
-    (root / "sub").mkdir()
-    (root / "sub" / "ok.txt").write_bytes(b"ok")
-    (root / "link_dir").symlink_to(outside)
-    (root / "link_file").symlink_to(outside / "secret.txt")
-    (root / "rel_up").symlink_to("../outside")
-    (root / "inside_link").symlink_to(root / "sub" / "ok.txt")
+    outside = build_escape_tree(daemon, daemon.root / "sub" / "ok.txt")
     client = daemon.ftp()
     client.voidcmd("TYPE I")
     yield daemon, client, outside

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from tests.conftest import wait_for
+from tests.integration.escapes import SECRET, build_escape_tree
 from tests.integration.tlskit import ftps, make_ca, tls_section
 
-SECRET = b"s" * 12345
 NOBODY, NOGROUP = 65534, 65534
 PROCESS = {"server": {"user": "nobody", "group": "nogroup"},
            "users": {"isolation": "process"}}
@@ -46,16 +46,8 @@ def make_jailed(make_daemon, **sections):
     for key, value in sections.items():
         settings.setdefault(key, {}).update(value)
     daemon = make_daemon(workers=1, start=False, **settings)
-    outside = daemon.tmp / "outside"
-    outside.mkdir()
-    (outside / "secret.txt").write_bytes(SECRET)
+    outside = build_escape_tree(daemon, "sub/ok.txt")
     root = daemon.root
-    (root / "sub").mkdir()
-    (root / "sub" / "ok.txt").write_bytes(b"ok")
-    (root / "link_dir").symlink_to(outside)
-    (root / "link_file").symlink_to(outside / "secret.txt")
-    (root / "rel_up").symlink_to("../outside")
-    (root / "inside_link").symlink_to("sub/ok.txt")
     for path in (root, root / "sub", root / "sub" / "ok.txt"):
         os.lchown(path, NOBODY, NOGROUP)  # the jail is writable by its user
     return daemon.start(), outside
